@@ -1,0 +1,5 @@
+import sys
+
+from mimirate.cli import main
+
+sys.exit(main())

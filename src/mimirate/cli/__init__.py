@@ -1,0 +1,52 @@
+"""The ``mimirate`` command line.
+
+Each command group is a module in this package with a ``register(subparsers)``
+function; they are found automatically, so adding a command touches one file.
+Handlers import heavy libraries (torch, ray) inside themselves so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mimirate import __version__
+from mimirate.errors import MimirateError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mimirate",
+        description="Mimi neural speech codec with an elastic bitrate (1-32 levels, 137.5 bit/s each).",
+    )
+    parser.add_argument("--version", action="version", version=f"mimirate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON document on stdout (the ``--json`` output of every command)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MimirateError as e:
+        print(f"mimirate {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
