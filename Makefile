@@ -34,13 +34,13 @@ $(STAMPS)/dev: $(STAMPS)/venv
 # for synthetic speech, sox. Installed when missing and when we may (root with apt).
 $(STAMPS)/system:
 	@mkdir -p $(STAMPS)
-	@if command -v opusenc >/dev/null && command -v c2enc >/dev/null && command -v espeak-ng >/dev/null; then \
+	@if command -v opusenc >/dev/null && command -v c2enc >/dev/null && command -v espeak-ng >/dev/null && command -v chromedriver >/dev/null; then \
 		echo "system tools present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			opus-tools codec2 espeak-ng sox >/dev/null; \
+			opus-tools codec2 espeak-ng sox chromium chromium-driver >/dev/null; \
 	else \
-		echo "warning: install opus-tools codec2 espeak-ng sox (tests that need them will skip)"; \
+		echo "warning: install opus-tools codec2 espeak-ng sox chromium chromium-driver (tests that need them will skip)"; \
 	fi
 	@touch $@
 

@@ -68,7 +68,7 @@ class QuantizerConfig:
 
     @property
     def bits_per_code(self) -> int:
-        return int(math.ceil(math.log2(self.bins)))
+        return math.ceil(math.log2(self.bins))
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,15 @@ MIMI = MimiConfig(name="mimi")
 
 #: The default model we train ourselves: Mimi's quantizer geometry (32 levels of 2048
 #: entries, one semantic-style first level), smaller networks so it streams with room
-#: to spare on two CPU cores. Sizes may be tuned by the training work (issue 4).
+#: to spare on two CPU cores. The sizes are set by what a GPU training run can carry
+#: (issue 4): code, data bundle, packaged weights and the resumable checkpoint (fp32
+#: weights + two Adam moments, ~12 bytes per parameter) must fit in 64 MiB together, so
+#: the model has ~2.6 M parameters and 32 x 2048 x 32 codebook values.
 SMALL = MimiConfig(
     name="small",
-    seanet=SEANetConfig(dimension=256, n_filters=32),
-    transformer=TransformerConfig(d_model=256, num_heads=4, num_layers=2, dim_feedforward=1024),
-    quantizer=QuantizerConfig(dimension=64),
+    seanet=SEANetConfig(dimension=128, n_filters=16),
+    transformer=TransformerConfig(d_model=128, num_heads=4, num_layers=2, dim_feedforward=512),
+    quantizer=QuantizerConfig(dimension=32),
 )
 
 #: A very small configuration for fast tests (random weights only).

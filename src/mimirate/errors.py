@@ -25,3 +25,7 @@ class CheckpointError(MimirateError):
 
 class FormatError(MimirateError, ValueError):
     """Bytes that do not follow docs/format.md (a .mimi file or a packet)."""
+
+
+class TraceError(MimirateError, ValueError):
+    """A network trace that cannot be read or used (rate control's simulator)."""

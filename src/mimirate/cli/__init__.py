@@ -22,7 +22,9 @@ from mimirate.errors import MimirateError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimirate",
-        description="Mimi neural speech codec with an elastic bitrate (1-32 levels, 137.5 bit/s each).",
+        description=(
+            "Mimi neural speech codec with an elastic bitrate (1-32 levels, 137.5 bit/s each)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"mimirate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

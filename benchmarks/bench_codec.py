@@ -1,0 +1,179 @@
+"""Codec speed and memory, ours against moshi and transformers, in one run.
+
+Each implementation runs in its own subprocess (honest peak RSS), on the same seeded
+audio and the same random weights (official ``mimi`` config; ours also ``small``):
+
+- streaming encode+decode per 80 ms frame: median and p99 ms (ours, moshi), codes
+  compared with moshi's frame by frame;
+- offline encode and decode of ``--seconds`` of audio, x real time (all three);
+- peak RSS of the process.
+
+    .venv/bin/python benchmarks/bench_codec.py [--seconds 10] [--threads 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RATE, FRAME = 24_000, 1920
+
+
+def _audio(seconds: float) -> np.ndarray:
+    n = int(seconds * RATE) // FRAME * FRAME
+    t = np.arange(n) / RATE
+    voice = np.sin(2 * np.pi * 140 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
+    return (0.2 * voice + 0.01 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+
+
+def _worker(impl: str, preset: str, ckpt: str, seconds: float, threads: int) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    audio = _audio(seconds)
+    x = torch.from_numpy(audio)[None, None]
+    frames = len(audio) // FRAME
+    step_ms: list[float] = []
+    codes: list[list[int]] = []
+    # no_grad, not inference_mode: weights loaded under inference_mode become
+    # inference tensors, which our codebook cache cannot version-check.
+    with torch.no_grad():
+        if impl == "ours":
+            from mimirate.models.loading import load_codec
+
+            codec = load_codec(path=ckpt) if ckpt else load_codec(preset, random_init=True)
+            enc_s, dec_s = codec.stream_encoder(), codec.stream_decoder()
+            for t in tqdm(range(frames), desc=f"{impl}/{preset} stream", leave=False):
+                start = time.perf_counter()
+                e = enc_s.push(audio[t * FRAME : (t + 1) * FRAME])
+                dec_s.push(e.codes)
+                step_ms.append(1e3 * (time.perf_counter() - start))
+                codes.append(e.codes[:, 0].tolist())
+            start = time.perf_counter()
+            c = codec.encode(audio).codes
+            enc_t = time.perf_counter() - start
+            start = time.perf_counter()
+            codec.decode(c)
+            dec_t = time.perf_counter() - start
+        elif impl == "moshi":
+            from moshi.models.loaders import get_mimi
+
+            m = get_mimi(ckpt, num_codebooks=32)
+            with m.streaming(1):
+                for t in tqdm(range(frames), desc="moshi stream", leave=False):
+                    start = time.perf_counter()
+                    c = m.encode(x[..., t * FRAME : (t + 1) * FRAME])
+                    m.decode(c)
+                    step_ms.append(1e3 * (time.perf_counter() - start))
+                    codes.append(c[0, :, 0].tolist())
+            start = time.perf_counter()
+            c = m.encode(x)
+            enc_t = time.perf_counter() - start
+            start = time.perf_counter()
+            m.decode(c)
+            dec_t = time.perf_counter() - start
+        else:
+            from transformers import MimiConfig, MimiModel
+
+            from mimirate.config import MIMI
+            from mimirate.models.loading import Layout, _read_safetensors, convert_state_dict
+
+            m = MimiModel(MimiConfig()).eval()
+            state = convert_state_dict(
+                _read_safetensors(Path(ckpt)), Layout.KYUTAI, Layout.HF_MODULE, MIMI
+            )
+            m.load_state_dict(state)
+            start = time.perf_counter()
+            c = m.encode(x).audio_codes
+            enc_t = time.perf_counter() - start
+            start = time.perf_counter()
+            m.decode(c)
+            dec_t = time.perf_counter() - start
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a
+    # worker would report its parent's peak.
+    hwm = next(
+        ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM")
+    )
+    rss_mb = int(hwm.split()[1]) / 1024
+    out = {
+        "impl": impl,
+        "preset": preset,
+        "encode_xrt": seconds / enc_t,
+        "decode_xrt": seconds / dec_t,
+    }
+    if step_ms:
+        out |= {
+            "step_median_ms": float(np.median(step_ms)),
+            "step_p99_ms": float(np.percentile(step_ms, 99)),
+        }
+        out["codes"] = codes
+    out["peak_rss_mb"] = rss_mb
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--worker", nargs=3, metavar=("IMPL", "PRESET", "CKPT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        impl, preset, ckpt = args.worker
+        print(
+            json.dumps(
+                _worker(impl, preset, ckpt if ckpt != "-" else "", args.seconds, args.threads)
+            )
+        )
+        return 0
+    from mimirate.models.loading import load_model, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load_model("mimi", random_init=True, seed=0)
+        ckpt = str(save_checkpoint(loaded.model, Path(tmp) / "mimi.safetensors", loaded.config))
+        del loaded
+        runs = [
+            ("ours", "mimi", ckpt),
+            ("moshi", "mimi", ckpt),
+            ("transformers", "mimi", ckpt),
+            ("ours", "small", "-"),
+        ]
+        results = []
+        for impl, preset, path in runs:
+            cmd = [sys.executable, __file__, "--worker", impl, preset, path]
+            cmd += ["--seconds", str(args.seconds), "--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    ours, moshi = results[0], results[1]
+    agree = float(np.mean(np.array(ours.pop("codes")) == np.array(moshi.pop("codes"))))
+    results[3].pop("codes", None)
+    summary = {
+        "results": results,
+        "stream_code_agreement_vs_moshi": agree,
+        "stream_median_speedup_vs_moshi": moshi["step_median_ms"] / ours["step_median_ms"],
+        "encode_speedup_vs_moshi": ours["encode_xrt"] / moshi["encode_xrt"],
+        "decode_speedup_vs_moshi": ours["decode_xrt"] / moshi["decode_xrt"],
+        "encode_speedup_vs_transformers": ours["encode_xrt"] / results[2]["encode_xrt"],
+        "decode_speedup_vs_transformers": ours["decode_xrt"] / results[2]["decode_xrt"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in results:
+            print(r)
+        for k, v in summary.items():
+            if k != "results":
+                print(f"{k}: {v:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""Rate control figures: the codec's quality per level, the latent-error calibration, content-
+adaptive allocation vs fixed levels, controllers over real traces, progressive delivery.
+
+    python benchmarks/bench_ratecontrol.py --quality-table --model small      # stores tables/
+    python benchmarks/bench_ratecontrol.py --calibrate --model small          # stores tables/
+    python benchmarks/bench_ratecontrol.py --allocation --model small
+    python benchmarks/bench_ratecontrol.py --network [--traces-per-family 4] [--seconds 60]
+    python benchmarks/bench_ratecontrol.py --progressive --model small
+
+``--random-init`` uses seeded random weights (pipeline checks only: the figures mean
+nothing). Quality figures come from ../shared/data/speech/librispeech-test-other-dev only;
+the calibration is fitted on ljspeech-excerpt (training data). Each section prints its table
+and, with --out DIR, writes JSON and plots there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = REPO.parent / "shared" / "data" / "speech"
+TRACES = REPO.parent / "shared" / "data" / "traces"
+DEV = SPEECH / "librispeech-test-other-dev"
+TRAIN = SPEECH / "ljspeech-excerpt"
+#: Levels measured for the quality table; the others are interpolated (linear in PESQ).
+MEASURED_LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+TARGETS_BPS = (550.0, 1100.0, 2200.0)
+FIXED_FOR_TARGET = {550.0: 4, 1100.0: 8, 2200.0: 16}
+METRIC_RATE = 16000
+MAX_DELAY_S = 0.2
+
+
+def load(args: argparse.Namespace):  # -> Codec
+    import torch
+
+    from mimirate import load_codec
+
+    torch.set_num_threads(1)
+    if args.random_init:
+        return load_codec(args.model, random_init=True, seed=0)
+    return load_codec(args.model)
+
+
+def files_of(folder: Path, n: int | None) -> list[Path]:
+    if not folder.is_dir():
+        sys.exit(f"{folder} not found: the shared speech data is needed")
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".flac", ".wav"))
+    return files[:n] if n else files
+
+
+class Scored:
+    """One dev file: encoded once at all levels; decoded at any per-frame levels and scored."""
+
+    def __init__(self, codec, path: Path) -> None:
+        import soxr
+
+        from mimirate.audio import read_audio
+        from mimirate.evaluation.metrics import log_mel
+
+        self.codec = codec
+        self.audio = read_audio(path, codec.sample_rate).samples
+        self.enc = codec.encode(self.audio)
+        self.ref16 = soxr.resample(self.audio, codec.sample_rate, METRIC_RATE)
+        self.ref_mel = log_mel(self.ref16)
+        full = codec.decode(self.enc.codes)
+        self.delay = self._delay(full)
+
+    def _delay(self, decoded: np.ndarray) -> int:
+        import soxr
+
+        from mimirate.evaluation.align import estimate_delay
+
+        deg = soxr.resample(decoded[: self.audio.size + 4000], self.codec.sample_rate, METRIC_RATE)
+        return estimate_delay(self.ref16, deg, int(MAX_DELAY_S * METRIC_RATE))
+
+    def degraded(self, levels: np.ndarray) -> np.ndarray:
+        import soxr
+
+        from mimirate.evaluation.align import shift
+
+        out = self.codec.decode(self.enc.codes, np.asarray(levels))
+        deg = soxr.resample(out, self.codec.sample_rate, METRIC_RATE)
+        return shift(deg, self.delay, self.ref16.size)
+
+    def score(self, levels: np.ndarray, pesq: bool = True) -> tuple[float, float, np.ndarray]:
+        """(PESQ-WB, mel distance, per-codec-frame mel distance [T])."""
+        from mimirate.evaluation.metrics import log_mel, pesq_wb
+
+        deg = self.degraded(levels)
+        d = np.abs(log_mel(deg) - self.ref_mel).mean(axis=0)  # per 16 ms mel frame
+        hop = self.codec.frame_size * METRIC_RATE // self.codec.sample_rate // 256  # 5
+        t = self.enc.num_frames
+        per = np.array(
+            [d[i * hop : (i + 1) * hop].mean() if i * hop < d.size else np.nan for i in range(t)]
+        )
+        return (pesq_wb(self.ref16, deg) if pesq else float("nan")), float(d.mean()), per
+
+
+# -- the quality table -------------------------------------------------------------------------
+def quality_table(args: argparse.Namespace) -> None:
+    from mimirate.ratecontrol.qoe import QualityTable, table_path
+
+    codec = load(args)
+    files = files_of(DEV, args.files)
+    pesq = np.zeros((len(files), len(MEASURED_LEVELS)))
+    mel = np.zeros_like(pesq)
+    for i, f in enumerate(tqdm(files, desc="quality per level", unit="file")):
+        s = Scored(codec, f)
+        for j, k in enumerate(MEASURED_LEVELS):
+            p, m, _ = s.score(np.full(s.enc.num_frames, k))
+            pesq[i, j], mel[i, j] = p, m
+    lv = np.arange(1, codec.num_levels + 1)
+    p_mean = np.interp(lv, MEASURED_LEVELS, np.nanmean(pesq, axis=0))
+    m_mean = np.interp(lv, MEASURED_LEVELS, np.nanmean(mel, axis=0))
+    name = args.model + ("-random" if args.random_init else "")
+    table = QualityTable.from_measurements(
+        p_mean,
+        m_mean,
+        model=name,
+        weights_hash=codec.weights_hash.hex(),
+        dataset=f"{DEV.name} ({len(files)} files); levels {MEASURED_LEVELS} measured, "
+        "others interpolated",
+        num_files=len(files),
+        command="python benchmarks/bench_ratecontrol.py --quality-table --model "
+        + args.model
+        + (" --random-init" if args.random_init else "")
+        + (f" --files {args.files}" if args.files else ""),
+        created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%MZ"),
+    )
+    table.save(table_path(name))
+    print(f"quality table for {name} ({len(files)} dev files) -> {table_path(name)}")
+    print(f"{'levels':>6}{'PESQ-WB':>9}{'mel dist':>10}{'utility R':>11}")
+    for k in MEASURED_LEVELS:
+        print(f"{k:>6}{p_mean[k - 1]:>9.3f}{m_mean[k - 1]:>10.3f}{table.utility[k - 1]:>11.1f}")
+
+
+# -- calibration -------------------------------------------------------------------------------
+def calibrate(args: argparse.Namespace) -> None:
+    from mimirate.ratecontrol.allocation import TABLES_DIR, Calibration
+
+    codec = load(args)
+    errs, mels = [], []
+    for f in tqdm(files_of(TRAIN, args.files), desc="calibration (training speech)", unit="file"):
+        s = Scored(codec, f)
+        for k in MEASURED_LEVELS:
+            _, _, per = s.score(np.full(s.enc.num_frames, k), pesq=False)
+            errs.append(s.enc.latent_error[k - 1])
+            mels.append(per)
+    e, m = np.concatenate(errs), np.concatenate(mels)
+    name = args.model + ("-random" if args.random_init else "")
+    cal = Calibration.fit(
+        e, m, model=name, source=f"{TRAIN.name}, levels {MEASURED_LEVELS}", num_frames=int(e.size)
+    )
+    path = TABLES_DIR / f"calibration_{name}.json"
+    cal.save(path)
+    r = np.corrcoef(np.log10(np.maximum(e, 1e-12))[np.isfinite(m)], m[np.isfinite(m)])[0, 1]
+    print(
+        f"calibration for {name}: {e.size} (frame, level) pairs, corr(log error, mel) = "
+        f"{r:.3f} -> {path}"
+    )
+
+
+# -- allocation --------------------------------------------------------------------------------
+def container_bytes(codec, enc, levels: np.ndarray | None, k: int | None = None) -> int:
+    from mimirate.bitstream.container import MimiFile
+
+    kk = codec.num_levels if k is None else k
+    codes = enc.codes[:kk]
+    return len(
+        MimiFile(
+            codec.name,
+            codec.weights_hash,
+            codec.sample_rate,
+            codec.frame_rate,
+            codec.bits_per_code,
+            kk,
+            enc.num_samples,
+            codes,
+            None if levels is None else levels.astype(np.uint8),
+        ).to_bytes()
+    )
+
+
+def adaptive_levels(codec, s: Scored, budget_bytes: int, cal, silent) -> np.ndarray:
+    """The richest allocation whose real .mimi file fits ``budget_bytes``."""
+    from mimirate.ratecontrol.allocation import allocate
+
+    t = s.enc.num_frames
+    dur = t / codec.frame_rate
+    lo, hi = 1.0, budget_bytes * 8 / dur * 1.2
+    best = np.ones(t, np.int64)
+    for _ in range(18):
+        mid = (lo + hi) / 2
+        lv = allocate(s.enc.latent_error, mid, calibration=cal, silent=silent).levels
+        if container_bytes(codec, s.enc, lv) <= budget_bytes:
+            best, lo = lv, mid
+        else:
+            hi = mid
+    return best
+
+
+def allocation(args: argparse.Namespace) -> dict:
+    from mimirate.ratecontrol.allocation import Calibration, silent_frames
+
+    codec = load(args)
+    name = args.model + ("-random" if args.random_init else "")
+    try:
+        cal = Calibration.load(name)
+    except Exception as e:
+        print(f"no calibration ({e}); allocating on raw latent error", file=sys.stderr)
+        cal = None
+    files = files_of(DEV, args.files)
+    rows: dict[str, list] = {}
+    curve_targets = np.linspace(500, 1300, 9)
+    curve = np.zeros((len(files), curve_targets.size, 2))
+    for i, f in enumerate(tqdm(files, desc="allocation (dev set)", unit="file")):
+        s = Scored(codec, f)
+        dur = s.enc.num_frames / codec.frame_rate
+        quiet = silent_frames(s.audio, codec.frame_size)
+        for target in TARGETS_BPS:
+            k = FIXED_FOR_TARGET[target]
+            fixed_bytes = container_bytes(codec, s.enc, None, k)
+            p_f, m_f, _ = s.score(np.full(s.enc.num_frames, k))
+            lv = adaptive_levels(codec, s, fixed_bytes, cal, quiet)
+            p_a, m_a, _ = s.score(lv)
+            a_bytes = container_bytes(codec, s.enc, lv)
+            rows.setdefault(str(target), []).append(
+                (fixed_bytes * 8 / dur, p_f, m_f, a_bytes * 8 / dur, p_a, m_a, lv.mean())
+            )
+        for j, tgt in enumerate(curve_targets):  # for "bits saved at fixed-8 quality"
+            lv = adaptive_levels(codec, s, int(tgt * dur / 8), cal, quiet)
+            _, m, _ = s.score(lv, pesq=False)
+            curve[i, j] = (container_bytes(codec, s.enc, lv) * 8 / dur, m)
+    print(
+        f"\n(1) content-adaptive vs fixed levels at equal real bitrate (.mimi container "
+        f"bytes, side information included), {len(files)} dev files, model {name}"
+    )
+    print(
+        f"{'target':>7} | {'fixed':>6}{'kbit/s':>8}{'PESQ':>7}{'mel':>7} | "
+        f"{'adapt kbit/s':>12}{'PESQ':>7}{'mel':>7}{'levels':>8}"
+    )
+    out = {"model": name, "files": len(files), "rows": {}}
+    for target, vals in rows.items():
+        v = np.array(vals, dtype=np.float64)
+        mean = np.nanmean(v, axis=0)
+        k = FIXED_FOR_TARGET[float(target)]
+        print(
+            f"{float(target) / 1e3:>6.2f}k | {k:>6}{mean[0] / 1e3:>8.3f}{mean[1]:>7.3f}"
+            f"{mean[2]:>7.3f} | {mean[3] / 1e3:>12.3f}{mean[4]:>7.3f}{mean[5]:>7.3f}"
+            f"{mean[6]:>8.2f}"
+        )
+        out["rows"][target] = dict(
+            zip(
+                [
+                    "fixed_bps",
+                    "fixed_pesq",
+                    "fixed_mel",
+                    "adaptive_bps",
+                    "adaptive_pesq",
+                    "adaptive_mel",
+                    "adaptive_mean_levels",
+                ],
+                map(float, mean),
+                strict=True,
+            )
+        )
+    c = curve.mean(axis=0)
+    fixed8 = out["rows"]["1100.0"]
+    order = np.argsort(c[:, 1])
+    bps_same = float(np.interp(fixed8["fixed_mel"], c[order, 1], c[order, 0]))
+    saved = 1 - bps_same / fixed8["fixed_bps"]
+    print(
+        f"fixed 8 levels: {fixed8['fixed_bps'] / 1e3:.3f} kbit/s, mel {fixed8['fixed_mel']:.3f}; "
+        f"adaptive reaches that mel distance at {bps_same / 1e3:.3f} kbit/s: "
+        f"{100 * saved:.1f}% fewer bits (curve {c[:, 0].min() / 1e3:.2f}-"
+        f"{c[:, 0].max() / 1e3:.2f} kbit/s)"
+    )
+    out["bits_saved_at_fixed8_mel"] = saved
+    out["curve"] = c.tolist()
+    return out
+
+
+# -- network -----------------------------------------------------------------------------------
+def network(args: argparse.Namespace) -> dict:
+    from mimirate.cli.simulate import make_controllers, summarize
+    from mimirate.ratecontrol.baselines import PlanController, offline_optimum
+    from mimirate.ratecontrol.options import OptionTable
+    from mimirate.ratecontrol.qoe import load_quality_table
+    from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
+    from mimirate.ratecontrol.traces import load_trace, trace_files
+    from mimirate.ratecontrol.wire import WireSizer
+
+    table = load_quality_table(args.table)
+    sizer = WireSizer()
+    options = OptionTable(sizer, table)
+    controllers = make_controllers("all", options)
+    out: dict = {"table": table.model, "families": {}}
+    for family in ("hsdpa-norway", "fcc", "mahimahi-cellular"):
+        files = trace_files(TRACES / family)
+        if family == "mahimahi-cellular":
+            files = [f for f in files if f.name.endswith(".up")] or files
+        step = max(1, len(files) // args.traces_per_family)
+        chosen = files[::step][: args.traces_per_family]
+        for loss in (0.0, 0.1):
+            link = LinkConfig(loss=BernoulliLoss(loss), seed=1)
+            results = []
+            for path in tqdm(chosen, desc=f"{family} loss {loss}", unit="trace"):
+                tr = load_trace(path)
+                dur = min(args.seconds, tr.period_s)
+                for name, factory in controllers:
+                    if factory is None:
+                        plan = offline_optimum(tr, table, link=link, duration_s=dur, sizer=sizer)
+                        r = simulate(
+                            tr, PlanController(plan), table, link=link, duration_s=dur, sizer=sizer
+                        )
+                    else:
+                        r = simulate(tr, factory(), table, link=link, duration_s=dur, sizer=sizer)
+                    results.append((name, r))
+            s = summarize(results)
+            out["families"][f"{family} loss={loss}"] = s
+            best = s["offline"]["mean_qoe"]
+            print(
+                f"\n(2) {family}, {len(chosen)} traces x {args.seconds:.0f} s, "
+                f"{100 * loss:.0f}% random loss, quality table {table.model}"
+            )
+            print(
+                f"{'controller':<14}{'mean QoE':>9}{'% of opt':>9}{'late+lost %':>12}"
+                f"{'p95 queue ms':>13}{'kbit/s':>8}{'levels':>7}"
+            )
+            for name, v in s.items():
+                print(
+                    f"{name:<14}{v['mean_qoe']:>9.2f}{100 * v['mean_qoe'] / best:>9.1f}"
+                    f"{v['late_lost_pct']:>12.2f}{v['p95_queue_ms']:>13.0f}"
+                    f"{v['wire_kbps']:>8.2f}{v['mean_levels']:>7.1f}"
+                )
+    return out
+
+
+# -- progressive -------------------------------------------------------------------------------
+def progressive(args: argparse.Namespace) -> dict:
+    from mimirate.bitstream.container import MimiFile
+    from mimirate.ratecontrol.progressive import compare
+    from mimirate.ratecontrol.qoe import load_quality_table
+    from mimirate.ratecontrol.traces import load_trace, trace_files
+
+    codec = load(args)
+    table = load_quality_table(args.table)
+    files = files_of(DEV, args.files)
+    # A fast and a thin trace of each kind: the first HSDPA and FCC-folder traces run at
+    # several times the 4.4 kbit/s of 32 levels; the FCC "trace_*" ones near 1 kbit/s.
+    fcc = trace_files(TRACES / "fcc")
+    thin = [f for f in fcc if f.name.startswith("trace_")][:1]
+    traces = [load_trace(f) for f in [trace_files(TRACES / "hsdpa-norway")[0], fcc[0], *thin]]
+    rows = []
+    for f in tqdm(files, desc="progressive", unit="file"):
+        s = Scored(codec, f)
+        mf = MimiFile(
+            codec.name,
+            codec.weights_hash,
+            codec.sample_rate,
+            codec.frame_rate,
+            codec.bits_per_code,
+            codec.num_levels,
+            s.enc.num_samples,
+            s.enc.codes,
+        )
+        for tr in traces:
+            a, b = compare(mf, tr, table)
+            rows.append((tr.name, mf.duration_s, a, b))
+    print(
+        f"\nprogressive delivery vs 32 levels in time order ({len(files)} dev files, traces "
+        f"{', '.join(t.name for t in traces)}; quality table {table.model})"
+    )
+    print(f"{'layout':<14}{'first audio s':>14}{'stall s':>9}{'complete s':>11}{'played R':>9}")
+    out = {}
+    for tname in dict.fromkeys(r[0] for r in rows):
+        for i, label in ((2, "coarse-first"), (3, "in-order")):
+            d = [r[i] for r in rows if r[0] == tname]
+            vals = [
+                np.mean([x.first_audio_s for x in d]),
+                np.mean([x.stall_s for x in d]),
+                np.mean([x.complete_s for x in d]),
+                np.mean([x.played_utility for x in d]),
+            ]
+            print(
+                f"{label:<14}{vals[0]:>14.2f}{vals[1]:>9.2f}{vals[2]:>11.2f}{vals[3]:>9.1f}"
+                f"  {tname[:28]}"
+            )
+            out[f"{tname} {label}"] = dict(
+                zip(
+                    ["first_audio_s", "stall_s", "complete_s", "played_R"],
+                    map(float, vals),
+                    strict=True,
+                )
+            )
+    if args.out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        _, a, b = rows[-1][0], rows[-1][2], rows[-1][3]  # the thin trace
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(a.times_s, a.message_utility, label="coarse first")
+        ax.plot(b.times_s, b.message_utility, label="32 levels in time order")
+        ax.axvline(a.first_audio_s, ls=":", c="C0")
+        ax.axvline(b.first_audio_s, ls=":", c="C1")
+        ax.set(
+            xlabel="time since the transfer began (s)",
+            ylabel="quality of the message so far (mean R)",
+            title=rows[0][0],
+        )
+        ax.legend()
+        fig.tight_layout()
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        fig.savefig(Path(args.out) / "progressive.png", dpi=110)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--random-init", action="store_true")
+    ap.add_argument("--table", default=None, help="quality table (default: the model's)")
+    ap.add_argument("--files", type=int, default=None, help="use the first N files")
+    ap.add_argument("--quality-table", action="store_true")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--allocation", action="store_true")
+    ap.add_argument("--network", action="store_true")
+    ap.add_argument("--progressive", action="store_true")
+    ap.add_argument("--traces-per-family", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--out", default=None, help="folder for JSON and plots")
+    args = ap.parse_args()
+    if args.table is None:
+        args.table = args.model + ("-random" if args.random_init else "")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.time()
+    doc: dict = {}
+    if args.quality_table:
+        quality_table(args)
+    if args.calibrate:
+        calibrate(args)
+    if args.allocation:
+        doc["allocation"] = allocation(args)
+    if args.network:
+        doc["network"] = network(args)
+    if args.progressive:
+        doc["progressive"] = progressive(args)
+    print(f"\n{time.time() - t0:.0f} s (2 shared cores: timings are noisy)")
+    if args.out and doc:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "ratecontrol.json").write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Rate-quality evaluation: metrics, delay alignment, real baselines, the harness, the report.
+
+Sits above the codec and the bitstream (it measures them) and below the CLI.
+"""

@@ -1,0 +1,383 @@
+"""Split residual vector quantizer with moving-average codebooks.
+
+``rvq_first`` (the "semantic" levels) and ``rvq_rest`` (the acoustic ones) quantize the
+SAME latent, each through its own 1x1 input projection; within each, levels are
+residual. Their decoded outputs, projected back, are summed. Codebooks are buffers
+(``embedding_sum`` / ``cluster_usage``), learnt by exponential moving averages, so
+the same module trains and infers. Code 0 is a real centroid.
+
+Nearest-centroid search reproduces ``torch.cdist``'s arithmetic exactly (with the
+codebook half precomputed), so codes are bit-identical to the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mimirate.config import QuantizerConfig
+
+#: Floor of ``cluster_usage`` when dividing (as the reference does).
+EPSILON = 1e-5
+#: Dead codes are looked for every this many training steps.
+CHECK_UNUSED_EVERY = 5
+#: Usage given to a replaced centroid, relative to the mean usage.
+REPLACED_USAGE_RATIO = 1.0
+KMEANS_ITERS = 50
+
+
+def _sample_rows(samples: torch.Tensor, num: int) -> torch.Tensor:
+    n = samples.shape[0]
+    if n >= num:
+        idx = torch.randperm(n, device=samples.device)[:num]
+    else:
+        idx = torch.randint(0, n, (num,), device=samples.device)
+    return samples[idx]
+
+
+def _kmeans(samples: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids ``[k, D]`` and counts ``[k]`` of ``samples [N, D]``; empty clusters resampled."""
+    means = _sample_rows(samples, k)
+    counts = torch.ones(k, device=samples.device)
+    for _ in range(KMEANS_ITERS):
+        assign = torch.cdist(samples[None], means[None])[0].argmin(-1)
+        counts = torch.bincount(assign, minlength=k).to(samples.dtype)
+        sums = torch.zeros_like(means).index_add_(0, assign, samples)
+        new = sums / counts.clamp(min=1)[:, None]
+        means = torch.where((counts == 0)[:, None], _sample_rows(samples, k), new)
+    return means, counts.clamp(min=1)
+
+
+class EuclideanCodebook(nn.Module):
+    """One codebook: ``bins`` centroids of ``dim`` values, kept as moving averages.
+
+    Buffers (checkpoint names): ``embedding_sum [bins, dim]``, ``cluster_usage [bins]``,
+    ``_initialized [1]``. Centroid ``i`` is ``embedding_sum[i] / max(cluster_usage[i], eps)``.
+    """
+
+    def __init__(self, dim: int, bins: int, decay: float, threshold_usage_ratio: float) -> None:
+        super().__init__()
+        self.dim, self.bins = dim, bins
+        self.decay = decay
+        self.threshold_usage_ratio = threshold_usage_ratio
+        self.register_buffer("_initialized", torch.zeros(1))
+        self.register_buffer("cluster_usage", torch.ones(bins))
+        self.register_buffer("embedding_sum", torch.zeros(bins, dim))
+        self._steps_to_check = CHECK_UNUSED_EVERY
+        self._cache_key: tuple[object, ...] | None = None
+        self._init_key: tuple[int, int] | None = None
+        self._init_value = False
+        self._centroids = torch.empty(0)
+        self._search = torch.empty(0)
+
+    @property
+    def initialized(self) -> bool:
+        # Cached on the buffer's version: reading it is a device sync on a GPU.
+        flag = self._initialized
+        key = (flag._version, flag.data_ptr())
+        if key != self._init_key:
+            self._init_value = bool(flag.item())
+            self._init_key = key
+        return self._init_value
+
+    def _refresh(self) -> None:
+        # Recompute the centroids only when the buffers changed (EMA step, load, move).
+        s, u = self.embedding_sum, self.cluster_usage
+        key = (
+            s._version,
+            u._version,
+            s.data_ptr(),
+            u.data_ptr(),
+            torch.is_inference_mode_enabled(),
+        )
+        if key == self._cache_key:
+            return
+        with torch.no_grad():
+            # cdist's own layout: distances come from [-2x, |x|^2, 1] . [c, 1, |c|^2].
+            # Built in place, and the centroids are a view of it: one copy in memory.
+            search = s.new_empty(self.bins, self.dim + 2)
+            c = search[:, : self.dim]
+            torch.div(s, u.clamp(min=EPSILON)[:, None], out=c)
+            search[:, self.dim] = 1
+            torch.sum(c.pow(2), -1, out=search[:, self.dim + 1])
+        self._search, self._centroids = search, c
+        self._cache_key = key
+
+    @property
+    def centroids(self) -> torch.Tensor:
+        """``[bins, dim]``."""
+        self._refresh()
+        return self._centroids
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """Index ``[N]`` of the centroid nearest to each row of ``x`` ``[N, dim]``.
+
+        Same arithmetic as ``torch.cdist(x[None], centroids[None])`` (its matmul path)
+        followed by argmin, so ties and roundings resolve identically.
+        """
+        self._refresh()
+        norm = x.pow(2).sum(-1, keepdim=True)
+        xs = torch.cat([x.mul(-2), norm, torch.ones_like(norm)], dim=-1)
+        dist = xs[None].matmul(self._search[None].mT)[0].clamp_min_(0).sqrt_()
+        return dist.argmin(dim=-1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Centroids ``[..., dim]`` of ``codes`` ``[...]``."""
+        return F.embedding(codes, self.centroids)
+
+    @torch.no_grad()
+    def init_from(self, samples: torch.Tensor) -> None:
+        """k-means initialisation from ``samples`` ``[N, dim]`` (first training batch)."""
+        means, counts = _kmeans(samples.float(), self.bins)
+        self.embedding_sum.copy_(means * counts[:, None])
+        self.cluster_usage.copy_(counts)
+        self._initialized.fill_(1)
+
+    @torch.no_grad()
+    def update(self, samples: torch.Tensor, codes: torch.Tensor, weight: torch.Tensor) -> None:
+        """One EMA step from ``samples [N, dim]`` assigned to ``codes [N]``.
+
+        ``weight [N]`` (1 or 0) says which samples count; weighting instead of selecting
+        avoids a device sync per level on a GPU.
+        """
+        if self.initialized:
+            self._steps_to_check -= 1
+            if self._steps_to_check <= 0:
+                self._steps_to_check = CHECK_UNUSED_EVERY
+                active = samples[weight > 0]
+                if active.shape[0]:
+                    self._replace_dead(active)
+        weight = weight.to(self.cluster_usage.dtype)
+        counts = torch.zeros_like(self.cluster_usage).index_add_(0, codes, weight)
+        sums = torch.zeros_like(self.embedding_sum).index_add_(0, codes, samples * weight[:, None])
+        self.cluster_usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embedding_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+
+    def _replace_dead(self, samples: torch.Tensor) -> None:
+        mean_usage = self.cluster_usage.sum() / self.bins
+        dead = self.cluster_usage < self.threshold_usage_ratio * mean_usage
+        usage = REPLACED_USAGE_RATIO * mean_usage
+        fresh = _sample_rows(samples, self.bins)
+        self.embedding_sum.copy_(torch.where(dead[:, None], usage * fresh, self.embedding_sum))
+        self.cluster_usage.copy_(torch.where(dead, usage, self.cluster_usage))
+
+
+class _Level(nn.Module):
+    """One level; the extra nesting matches the checkpoint key ``layers.N._codebook``."""
+
+    def __init__(self, codebook: EuclideanCodebook) -> None:
+        super().__init__()
+        self._codebook = codebook
+
+
+class _Levels(nn.Module):
+    def __init__(self, levels: list[_Level]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(levels)
+
+
+@dataclass(frozen=True)
+class RVQEncoding:
+    """Codes ``[B, n, T]`` and each level's decoded contribution ``[n, B, C, T]`` (projected)."""
+
+    codes: torch.Tensor
+    contributions: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RVQTrainOutput:
+    """Training pass of one residual quantizer.
+
+    Attributes:
+        quantized: ``[B, C, T]`` projected reconstruction (straight-through gradients).
+        codes: ``[B, n, T]`` long.
+        sq_error_sum: scalar, sum of squared commitment errors over active (level, frame).
+        active_count: scalar, number of active (level, frame, channel) values.
+        perplexity: ``[n]`` codebook perplexity per level over the active frames.
+    """
+
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    sq_error_sum: torch.Tensor
+    active_count: torch.Tensor
+    perplexity: torch.Tensor
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """``n`` residual levels behind a 1x1 input projection ``C -> dim`` and back ``dim -> C``."""
+
+    def __init__(self, cfg: QuantizerConfig, input_dim: int, n_levels: int) -> None:
+        super().__init__()
+        self.n_levels = n_levels
+        self.input_proj = nn.Conv1d(input_dim, cfg.dimension, 1, bias=False)
+        self.output_proj = nn.Conv1d(cfg.dimension, input_dim, 1, bias=False)
+        books = [
+            EuclideanCodebook(cfg.dimension, cfg.bins, cfg.decay, cfg.threshold_usage_ratio)
+            for _ in range(n_levels)
+        ]
+        self.vq = _Levels([_Level(b) for b in books])
+
+    def codebook(self, level: int) -> EuclideanCodebook:
+        return self.vq.layers[level]._codebook
+
+    def encode(self, latent: torch.Tensor, n: int) -> RVQEncoding:
+        """Codes of the first ``n`` levels for ``latent`` ``[B, C, T]``."""
+        B, _, T = latent.shape
+        residual = F.conv1d(latent, self.input_proj.weight)
+        dim = residual.shape[1]
+        codes, parts = [], []
+        for j in range(n):
+            book = self.codebook(j)
+            # Same layouts as the reference, so its reductions round identically.
+            c = book.nearest(residual.transpose(1, 2).reshape(-1, dim)).view(B, T)
+            q = book.lookup(c).transpose(1, 2)
+            residual = residual - q
+            codes.append(c)
+            parts.append(q)
+        stacked = torch.stack(parts)  # [n, B, dim, T]
+        w = self.output_proj.weight[:, :, 0]  # [C, dim]
+        contributions = torch.einsum("cd,nbdt->nbct", w, stacked)
+        return RVQEncoding(torch.stack(codes, dim=1), contributions)
+
+    def decode(self, codes: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
+        """``codes [B, k, T]`` (``k >= 1``) to ``[B, C, T]``.
+
+        ``levels [B, T]`` (may be 0) keeps only the first ``levels[b, t]`` levels of frame t.
+        """
+        quantized = None
+        for j in range(codes.shape[1]):
+            q = self.codebook(j).lookup(codes[:, j]).transpose(1, 2)
+            if levels is not None:
+                q = q * (levels > j).unsqueeze(1).to(q.dtype)
+            quantized = q if quantized is None else quantized + q
+        assert quantized is not None
+        return F.conv1d(quantized, self.output_proj.weight)
+
+    def train_forward(self, latent: torch.Tensor, levels: torch.Tensor) -> RVQTrainOutput:
+        """Quantize ``[B, C, T]`` using the first ``levels[b, t]`` levels (may be 0) per frame.
+
+        In training mode, uninitialised codebooks are set by k-means (one level per call,
+        once the level before it was initialised on an earlier batch, so a level never
+        learns from residuals its predecessor just fitted exactly) and every active
+        codebook takes an EMA step.
+        """
+        B, _, T = latent.shape
+        x = F.conv1d(latent, self.input_proj.weight)
+        dim = x.shape[1]
+        residual = x
+        total = torch.zeros_like(x)
+        sq_sum = x.new_zeros(())
+        count = x.new_zeros(())
+        codes, perplexities = [], []
+        previous_ready = True
+        for j in range(self.n_levels):
+            book = self.codebook(j)
+            active = (levels > j).reshape(-1)  # [B*T] in (b, t) order
+            flat = residual.transpose(1, 2).reshape(-1, dim)
+            was_ready = book.initialized
+            if self.training and not was_ready and previous_ready and bool(active.any()):
+                book.init_from(flat.detach()[active])
+            previous_ready = was_ready
+            c = book.nearest(flat.detach())
+            q_flat = book.lookup(c).detach()
+            weight = active.to(x.dtype)
+            if self.training:
+                book.update(flat.detach(), c, weight)
+            err = (flat - q_flat).pow(2).sum(-1)
+            sq_sum = sq_sum + (err * weight).sum()
+            count = count + weight.sum() * dim
+            usage = torch.zeros(book.bins, device=x.device).index_add_(0, c, weight.float())
+            prob = usage / usage.sum().clamp(min=1)
+            perplexities.append(torch.exp(-(prob * prob.clamp(min=1e-12).log()).sum()))
+            q = q_flat.view(B, T, dim).transpose(1, 2)
+            residual = residual - q
+            total = total + q * (levels > j).unsqueeze(1).to(q.dtype)
+            codes.append(c.view(B, T))
+        any_active = (levels > 0).unsqueeze(1).to(x.dtype)
+        # Straight-through estimator: values of the codebook sum, gradients of identity.
+        ste = (x + (total - x).detach()) * any_active
+        quantized = F.conv1d(ste, self.output_proj.weight)
+        return RVQTrainOutput(
+            quantized, torch.stack(codes, dim=1), sq_sum, count, torch.stack(perplexities)
+        )
+
+
+@dataclass(frozen=True)
+class QuantizerEncoding:
+    """``codes [B, K, T]`` long; ``latent_error [B, K, T]``: squared L2 distance between the
+    latent and its reconstruction from the first ``k + 1`` levels."""
+
+    codes: torch.Tensor
+    latent_error: torch.Tensor
+
+
+@dataclass(frozen=True)
+class QuantizerTrainOutput:
+    """``quantized [B, C, T]``, ``codes [B, n_q, T]``, scalar ``commitment_loss``,
+    ``perplexity [n_q]``."""
+
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    commitment_loss: torch.Tensor
+    perplexity: torch.Tensor
+
+
+class SplitResidualVectorQuantizer(nn.Module):
+    """``rvq_first`` (levels ``1..n_q_semantic``) and ``rvq_rest`` (the others) on one latent."""
+
+    def __init__(self, cfg: QuantizerConfig, input_dim: int) -> None:
+        super().__init__()
+        self.n_q = cfg.n_q
+        self.n_q_semantic = cfg.n_q_semantic
+        self.bins = cfg.bins
+        self.rvq_first = ResidualVectorQuantizer(cfg, input_dim, cfg.n_q_semantic)
+        self.rvq_rest = ResidualVectorQuantizer(cfg, input_dim, cfg.n_q - cfg.n_q_semantic)
+
+    def encode(self, latent: torch.Tensor, n_q: int | None = None) -> QuantizerEncoding:
+        """``latent [B, C, T]`` to the codes of the first ``n_q`` levels (default all)."""
+        n_q = self.n_q if n_q is None else n_q
+        if not 1 <= n_q <= self.n_q:
+            raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
+        first = self.rvq_first.encode(latent, min(n_q, self.n_q_semantic))
+        codes, parts = first.codes, first.contributions
+        recon = parts.cumsum(0)
+        if n_q > self.n_q_semantic:
+            rest = self.rvq_rest.encode(latent, n_q - self.n_q_semantic)
+            codes = torch.cat([codes, rest.codes], dim=1)
+            recon = torch.cat([recon, recon[-1:] + rest.contributions.cumsum(0)])
+        error = (latent.unsqueeze(0) - recon).pow(2).sum(2)  # [K, B, T]
+        return QuantizerEncoding(codes, error.transpose(0, 1))
+
+    def decode(self, codes: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """``codes [B, K, T]`` (any ``K`` in ``1..n_q``) to the latent ``[B, C, T]``.
+
+        ``levels [B, T]`` (values ``1..K``) decodes frame ``t`` from its first
+        ``levels[b, t]`` levels; masking adds exact zeros, so a constant ``levels == k``
+        equals decoding ``codes[:, :k]``.
+        """
+        n_sem = self.n_q_semantic
+        first_levels = None if levels is None else levels.clamp(max=n_sem)
+        out = self.rvq_first.decode(codes[:, :n_sem], first_levels)
+        if codes.shape[1] > n_sem:
+            rest_levels = None if levels is None else levels - n_sem
+            if rest_levels is None or bool((rest_levels > 0).any()):
+                out = out + self.rvq_rest.decode(codes[:, n_sem:], rest_levels)
+        return out
+
+    def forward(self, latent: torch.Tensor, levels: torch.Tensor) -> QuantizerTrainOutput:
+        """Training pass: ``latent [B, C, T]``, ``levels [B, T]`` in ``1..n_q`` per frame."""
+        n_sem = self.n_q_semantic
+        first = self.rvq_first.train_forward(latent, levels.clamp(max=n_sem))
+        rest = self.rvq_rest.train_forward(latent, (levels - n_sem).clamp(min=0))
+        loss = (first.sq_error_sum + rest.sq_error_sum) / (
+            first.active_count + rest.active_count
+        ).clamp(min=1)
+        return QuantizerTrainOutput(
+            first.quantized + rest.quantized,
+            torch.cat([first.codes, rest.codes], dim=1),
+            loss,
+            torch.cat([first.perplexity, rest.perplexity]),
+        )

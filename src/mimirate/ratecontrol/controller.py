@@ -1,0 +1,353 @@
+"""The network-adaptive controller for real-time streams.
+
+Why not GCC. WebRTC's GCC detects overuse from the *gradient* of one-way delay, smoothed
+by a trendline over ~20 packet groups. At our 12.5 packets/s, and 3 to 6 packets/s once
+frames are bundled to save headers, 20 groups span 1.6 to 6 s: a capacity drop fills a
+small queue long before the filter sees a trend. So this controller follows SCReAM and
+NADA instead and reacts to the queuing delay itself, sample by sample:
+
+- queuing delay = one-way delay - its minimum over the last :data:`BASE_DELAY_WINDOW_MS`
+  (clock offsets cancel); its average over :data:`QDELAY_HIGH_MS`, one sample over
+  :data:`QDELAY_SEVERE_MS` (cellular links deliver in bursts: one late report is jitter)
+  while less arrives than is sent (:data:`SELF_INFLICTED_RATIO`: delay that sending less
+  would not remove is no reason to send less), or no acknowledgement for far longer than
+  usual (an outage) is congestion: the rate drops to
+  :data:`BACKOFF` x the receive rate, which is what the bottleneck is delivering (GCC's
+  rule; it drains the queue at once), at most once per :data:`DECREASE_GAP_MS`;
+- below :data:`QDELAY_LOW_MS` the rate grows (:data:`STARTUP_GAIN_PER_S` until the first
+  congestion and whenever the path is empty, below :data:`QDELAY_EMPTY_MS`; else
+  :data:`INCREASE_GAIN_PER_S`; at least :data:`ADDITIVE_BPS_PER_S`), never
+  beyond :data:`PROBE_RATIO` x what is actually being sent; in between it holds;
+- loss without queuing delay is not congestion (radio loss would otherwise starve the
+  stream): it is smoothed into a loss estimate that buys redundancy.
+
+The rate is a budget in wire bit/s, headers counted. The setting sent, levels x frames per
+packet x redundancy, is the one of highest expected QoE that fits the budget
+(:class:`mimirate.ratecontrol.options.OptionTable`): bundling frames saves headers and
+costs delay (both counted), redundancy costs bits and a packet of delay and saves lost
+frames. A new setting is taken only when it gains :data:`SWITCH_MARGIN` R points or the
+current one no longer fits. Frames the sender's VAD marks silent go at one level
+(:data:`SILENCE_LEVELS`). While the path is stalled the sender pauses, but for a probe every
+:data:`STALL_PROBE_MS`: frames pushed into an outage only queue up and make the frames after
+it late too.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from mimirate.bitstream.packet import FeedbackReport
+from mimirate.ratecontrol.options import OptionTable, StreamOption
+
+#: Queuing delay over which the path is congested.
+QDELAY_HIGH_MS = 90.0
+#: A single queuing-delay sample this high is congestion without waiting for the average.
+QDELAY_SEVERE_MS = 300.0
+#: Delay counts as self-inflicted (congestion) only while the receive rate is under this
+#: fraction of the send rate (both over the last second).
+SELF_INFLICTED_RATIO = 0.9
+#: Smoothed queuing delay under which the path counts as empty (fast ramp-up).
+QDELAY_EMPTY_MS = 10.0
+#: Queuing delay under which the rate may grow.
+QDELAY_LOW_MS = 40.0
+#: Rate after congestion, as a fraction of the receive rate.
+BACKOFF = 0.85
+#: Shortest time between two decreases (the queue needs a moment to drain).
+DECREASE_GAP_MS = 500.0
+#: Rate growth per second before the first congestion, and after it.
+STARTUP_GAIN_PER_S = 0.5
+INCREASE_GAIN_PER_S = 0.15
+#: Least growth per second when growing.
+ADDITIVE_BPS_PER_S = 300.0
+#: The budget never exceeds this times the rate actually sent (no runaway while app-limited).
+PROBE_RATIO = 1.5
+#: First budget, bit/s (one level at four frames a packet fits, and a bit more).
+START_RATE_BPS = 2000.0
+#: Window of the minimum one-way delay.
+BASE_DELAY_WINDOW_MS = 10_000.0
+#: Smoothing of the loss estimate, per packet accounted for.
+LOSS_ALPHA = 0.02
+#: Smoothing of the queuing delay (per report) for detection and for predicting delay.
+QDELAY_ALPHA = 0.3
+#: Expected QoE gain (R points) that justifies changing the setting.
+SWITCH_MARGIN = 0.5
+#: How much longer than the fastest acknowledgement an unacknowledged packet may wait
+#: before the path counts as stalled (an outage).
+STALL_MARGIN_MS = 250.0
+#: While stalled, one packet goes out per this interval to find out when the path is back.
+STALL_PROBE_MS = 500.0
+#: Added to predicted delays: the playout deadline is a cliff, the prediction is not exact.
+DEADLINE_MARGIN_MS = 20.0
+#: Levels of frames marked silent.
+SILENCE_LEVELS = 1
+
+
+class ControllerState(enum.Enum):
+    STARTUP = "startup"  # growing fast until the first congestion
+    INCREASE = "increase"
+    HOLD = "hold"
+    DECREASE = "decrease"  # just backed off
+
+
+@dataclass(frozen=True)
+class PacketArrival:
+    """One received packet: its send time and size (the sender's records) and its
+    arrival time (the receiver's clock; only differences with send times are used)."""
+
+    seq: int  # unwrapped sequence number
+    send_ms: float
+    arrival_ms: float
+    wire_bytes: int
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A receiver report joined with the sender's records of what it sent.
+
+    Attributes:
+        arrivals: packets received since the previous report, in arrival order.
+        highest_seq: highest sequence number received so far (unwrapped; -1 before any).
+        cumulative_lost: packets missing below ``highest_seq`` so far.
+    """
+
+    arrivals: tuple[PacketArrival, ...]
+    highest_seq: int
+    cumulative_lost: int
+
+
+class FeedbackReader:
+    """Turns ``mimirate.bitstream`` FEEDBACK messages into :class:`Feedback` for a sender.
+
+    The sender records every packet it sends (:meth:`sent`); a report names packets by
+    16-bit sequence number and gives receiver-clock arrival times in microseconds mod 2**32;
+    both are unwrapped here against what was sent and received before.
+    """
+
+    #: Packets remembered: far more than are ever in flight.
+    HISTORY = 4096
+
+    def __init__(self) -> None:
+        self._sent: dict[int, tuple[int, float, int]] = {}  # seq mod 2**16 -> (seq, ms, bytes)
+        self._last_us: int | None = None
+        self._wraps_us = 0
+        self._highest = -1
+
+    def sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
+        self._sent[seq % 65536] = (seq, send_ms, wire_bytes)
+        self._sent.pop((seq - self.HISTORY) % 65536, None)
+
+    def _unwrap_us(self, t: int) -> float:
+        if self._last_us is not None and t < self._last_us - (1 << 31):
+            self._wraps_us += 1 << 32
+        self._last_us = t
+        return (t + self._wraps_us) / 1000.0
+
+    def read(self, report: FeedbackReport) -> Feedback:
+        arrivals = []
+        for seq16, t_us in report.arrivals:
+            rec = self._sent.get(seq16)
+            if rec is None:  # older than the history, or never sent: nothing to learn
+                continue
+            seq, send_ms, size = rec
+            arrivals.append(PacketArrival(seq, send_ms, self._unwrap_us(t_us), size))
+        rec = self._sent.get(report.highest_seq)
+        if rec is not None:
+            self._highest = max(self._highest, rec[0])
+        return Feedback(tuple(arrivals), self._highest, report.cumulative_lost)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the sender does from now on, per frame.
+
+    Attributes:
+        levels: levels of each speech frame (1..K).
+        frames_per_packet: frames bundled in one packet.
+        redundancy: levels of each frame of the previous packet repeated in the next
+            packet (0 = none; never more than those frames had).
+        silence_levels: levels for frames the VAD marks silent.
+        pause: do not send the frames decided now (the path is stalled: they would only
+            fill the bottleneck's queue and delay the frames after the outage).
+    """
+
+    levels: int
+    frames_per_packet: int
+    redundancy: int
+    silence_levels: int
+    pause: bool = False
+
+    @classmethod
+    def of(cls, option: StreamOption, silence_levels: int, pause: bool = False) -> Decision:
+        return cls(
+            option.levels, option.frames_per_packet, option.redundancy, silence_levels, pause
+        )
+
+
+class RateController(Protocol):
+    """What the simulator and the real-time sender drive."""
+
+    name: str
+
+    def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
+        """A packet left the sender."""
+        ...
+
+    def update(self, feedback: Feedback | None, now_ms: float) -> Decision:
+        """Take a receiver report (None: none arrived) at ``now_ms``; return the decision."""
+        ...
+
+
+class AdaptiveController:
+    """Delay-based rate estimate + QoE-optimal setting under it (see the module docstring).
+
+    Args:
+        options: the settings and their wire rates.
+        start_rate_bps: first budget.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, options: OptionTable, start_rate_bps: float = START_RATE_BPS) -> None:
+        self.options = options
+        self.min_rate = options.cheapest.wire_bps
+        self.max_rate = float(options.bps.max())
+        self.rate_bps = max(start_rate_bps, self.min_rate)
+        self.state = ControllerState.STARTUP
+        self.loss = 0.0
+        self.qdelay_ms = 0.0  # latest sample, for detection
+        self.qdelay_smooth_ms = 0.0  # for delay prediction
+        self.base_owd_ms = math.inf
+        self.base_ack_ms = math.inf
+        self.base_bytes = 0  # size of the packet that had the base delay
+        # (now, min owd of a report, its smallest ack delay, bytes of the min-owd packet)
+        self._owd_window: deque[tuple[float, float, float, int]] = deque()
+        self._last_update_ms: float | None = None
+        self._last_decrease_ms = -math.inf
+        self._highest_seq = -1
+        self._lost = 0
+        self._received: deque[tuple[float, int]] = deque()  # (arrival_ms, bytes), last second
+        self._sent: deque[tuple[float, int]] = deque()  # (send_ms, bytes), last second
+        self._unacked: dict[int, float] = {}  # seq -> send_ms
+        self._last_sent_ms = -math.inf
+        self.option = options.best(self.rate_bps, 0.0, 0.0)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
+        self._sent.append((send_ms, wire_bytes))
+        self._unacked[seq] = send_ms
+        self._last_sent_ms = send_ms
+
+    def send_rate_bps(self, now_ms: float) -> float:
+        while self._sent and self._sent[0][0] <= now_ms - 1000.0:
+            self._sent.popleft()
+        return sum(b for _, b in self._sent) * 8.0
+
+    @property
+    def receive_rate_bps(self) -> float:
+        """Wire bit/s that arrived over the last second of the receiver's clock."""
+        return sum(b for _, b in self._received) * 8.0
+
+    def _take(self, fb: Feedback, now_ms: float) -> bool:
+        """Fold a report into the estimates; True when it shows congestion."""
+        congested = False
+        if fb.arrivals:
+            owds = [a.arrival_ms - a.send_ms for a in fb.arrivals]
+            ack = min(now_ms - a.send_ms for a in fb.arrivals)
+            i_min = min(range(len(owds)), key=owds.__getitem__)
+            self._owd_window.append((now_ms, owds[i_min], ack, fb.arrivals[i_min].wire_bytes))
+            while self._owd_window[0][0] < now_ms - BASE_DELAY_WINDOW_MS:
+                self._owd_window.popleft()
+            base = min(self._owd_window, key=lambda w: w[1])
+            self.base_owd_ms, self.base_bytes = base[1], base[3]
+            self.base_ack_ms = min(w[2] for w in self._owd_window)
+            for a in fb.arrivals:
+                self._received.append((a.arrival_ms, a.wire_bytes))
+                self._unacked.pop(a.seq, None)
+            latest = max(a.arrival_ms for a in fb.arrivals)
+            while self._received and self._received[0][0] <= latest - 1000.0:
+                self._received.popleft()
+            self.qdelay_ms = max(owds) - self.base_owd_ms
+            self.qdelay_smooth_ms += QDELAY_ALPHA * (self.qdelay_ms - self.qdelay_smooth_ms)
+            # Cellular links deliver in bursts: one late report is jitter, a queue that
+            # stays is congestion, and a very late one is congestion at once.
+            delayed = self.qdelay_smooth_ms > QDELAY_HIGH_MS or self.qdelay_ms > QDELAY_SEVERE_MS
+            # ... but only when the path delivers less than is sent: delay that sending less
+            # would not remove (gaps in a cellular schedule) is no reason to send less.
+            behind = self.receive_rate_bps < SELF_INFLICTED_RATIO * self.send_rate_bps(now_ms)
+            congested = delayed and behind
+        # Everything at or below the highest sequence received is settled (arrived or lost).
+        for seq in [q for q in self._unacked if q <= fb.highest_seq]:
+            del self._unacked[seq]
+        accounted = fb.highest_seq - self._highest_seq
+        if accounted > 0:
+            lost = max(fb.cumulative_lost - self._lost, 0)
+            keep = (1.0 - LOSS_ALPHA) ** accounted
+            self.loss = keep * self.loss + (1.0 - keep) * min(lost / accounted, 1.0)
+            self._highest_seq, self._lost = fb.highest_seq, fb.cumulative_lost
+        return congested
+
+    def _stalled(self, now_ms: float) -> bool:
+        """No report has acknowledged the oldest packet for far longer than acks take: an
+        outage, or a queue so deep that waiting for its delay samples would be too late."""
+        if not self._unacked or math.isinf(self.base_ack_ms):
+            return False
+        age = now_ms - min(self._unacked.values())
+        return age > self.base_ack_ms + STALL_MARGIN_MS
+
+    # -- the decision ---------------------------------------------------------------------
+    def update(self, feedback: Feedback | None, now_ms: float) -> Decision:
+        dt_s = 0.0 if self._last_update_ms is None else (now_ms - self._last_update_ms) / 1e3
+        self._last_update_ms = now_ms
+        congested = self._take(feedback, now_ms) if feedback is not None else False
+        stalled = self._stalled(now_ms)
+        if congested or stalled:
+            if now_ms - self._last_decrease_ms >= DECREASE_GAP_MS:
+                # The receive rate is what the bottleneck delivers; in a stall it is stale.
+                received = self.receive_rate_bps
+                cut = BACKOFF * (received if received > 0 and not stalled else self.rate_bps)
+                self.rate_bps = max(self.min_rate, min(self.rate_bps, cut))
+                self._last_decrease_ms = now_ms
+            self.state = ControllerState.DECREASE
+        elif feedback is not None and feedback.arrivals:
+            if self.qdelay_ms > QDELAY_LOW_MS:
+                if self.state is not ControllerState.STARTUP:
+                    self.state = ControllerState.HOLD
+            elif self.state in (ControllerState.DECREASE, ControllerState.HOLD):
+                self.state = ControllerState.INCREASE
+        if self.state in (ControllerState.STARTUP, ControllerState.INCREASE) and dt_s > 0:
+            # An empty path (no queue at all) ramps up as fast as at startup: after an
+            # outage or a deep fade the capacity usually comes back at once.
+            fast = self.state is ControllerState.STARTUP or self.qdelay_smooth_ms < QDELAY_EMPTY_MS
+            gain = STARTUP_GAIN_PER_S if fast else INCREASE_GAIN_PER_S
+            grown = self.rate_bps + dt_s * max(ADDITIVE_BPS_PER_S, gain * self.rate_bps)
+            cap = max(PROBE_RATIO * self.send_rate_bps(now_ms), PROBE_RATIO * self.min_rate)
+            self.rate_bps = min(max(self.rate_bps, min(grown, cap)), self.max_rate)
+        self.option = self._choose()
+        # While stalled, send only a probe now and then: what is sent into an outage waits
+        # in the queue and makes every frame after it late.
+        pause = stalled and now_ms - self._last_sent_ms < STALL_PROBE_MS
+        return Decision.of(self.option, SILENCE_LEVELS, pause)
+
+    def predicted_delay_ms(self) -> np.ndarray:
+        """Expected one-way delay ``[N]`` of a packet of each option: the base delay, the
+        smoothed queuing delay, and the extra serialisation of a bigger packet than the one
+        that set the base (at the budget rate: the bottleneck's rate, or less)."""
+        base = 0.0 if math.isinf(self.base_owd_ms) else self.base_owd_ms
+        extra = (self.options.packet_bytes - self.base_bytes) * 8000.0 / self.rate_bps
+        return base + self.qdelay_smooth_ms + DEADLINE_MARGIN_MS + np.maximum(extra, 0.0)
+
+    def _choose(self) -> StreamOption:
+        delay = self.predicted_delay_ms()
+        scores = self.options.scores(self.loss, delay)
+        best = self.options.best(self.rate_bps, self.loss, delay, scores=scores)
+        cur = self.option
+        keep = cur is not best and cur.wire_bps <= self.rate_bps
+        if keep and scores[best.index] - scores[cur.index] < SWITCH_MARGIN:
+            return cur
+        return best

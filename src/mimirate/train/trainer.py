@@ -1,0 +1,536 @@
+"""The training loop: quantizer dropout, mel + adversarial losses, collapse guard, exact resume.
+
+One :class:`Trainer` owns the model, the discriminator, both optimizers and every random
+generator; :meth:`Trainer.save` / :meth:`Trainer.restore` capture all of it (see
+``checkpoint.py``), so a run resumed on another machine continues the same sequence of
+batches and decisions. The recipe follows Mimi and EnCodec:
+
+- quantizer dropout: each item keeps the first ``k`` levels, ``k`` drawn log-uniformly
+  in ``1..n_q`` (low rates get as many steps as high ones); on half of the quantized
+  steps ``k`` is drawn per frame, so frames with different level counts meet;
+- half of the steps decode the continuous latent (Mimi), which keeps the decoder
+  learning while the codebooks settle; the quantizer still runs and its codebooks
+  still take their EMA steps;
+- multi-scale mel + waveform L1 from the start, a multi-scale STFT discriminator with
+  feature matching from ``adversarial_start`` on;
+- the quantizer's input (each RVQ's input projection of the latent) is pulled towards
+  unit RMS, so the commitment loss cannot be won by shrinking the latent;
+- codebooks are re-initialised (k-means on a fresh batch, the model's own init) once the
+  latent has grown from its tiny initial scale: centroids fitted to the first batch
+  are all far from the moved latent, which leaves one code in use per level until the
+  EMA has aged them into dead codes (~230 steps at decay 0.99).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from mimirate.config import MimiConfig, get_preset
+from mimirate.errors import CheckpointError, ConfigError, MimirateError
+from mimirate.models.mimi import MimiModel
+from mimirate.train import checkpoint
+from mimirate.train.data import Augmentation, Clip, CropSampler
+from mimirate.train.discriminator import MultiScaleSTFTDiscriminator
+from mimirate.train.losses import (
+    MultiScaleMelLoss,
+    energy_ratio,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+    mel_distance,
+)
+
+
+class TrainingCollapsed(MimirateError):
+    """The run lost its codebooks or its output energy and could not be restarted."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run (stored in every checkpoint)."""
+
+    model: str = "small"
+    steps: int = 20_000
+    batch_size: int = 8
+    segment_seconds: float = 1.0
+    seed: int = 0
+    holdout_clips: int = 8
+    gain_db: tuple[float, float] = (-12.0, 6.0)
+    noise_probability: float = 0.3
+    noise_snr_db: tuple[float, float] = (25.0, 50.0)
+    lr: float = 5e-4
+    disc_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    quantize_probability: float = 0.5
+    per_frame_probability: float = 0.5
+    mel_weight: float = 1.0
+    waveform_weight: float = 0.1
+    commitment_weight: float = 1.0
+    latent_scale_weight: float = 0.1
+    adversarial_start: int = 3_000
+    adversarial_weight: float = 1.0
+    feature_weight: float = 3.0
+    adversarial_loss: str = "hinge"  # or "lsgan"
+    disc_ffts: tuple[int, ...] = (2048, 1024, 512)
+    disc_filters: int = 32
+    checkpoint_seconds: float = 300.0
+    validate_every: int = 100
+    codebook_reset_steps: tuple[int, ...] = (150,)
+    guard_warmup: int = 400
+    min_energy_ratio: float = 0.02
+    max_energy_ratio: float = 50.0
+    min_perplexity: float = 2.0
+    max_restarts: int = 2
+
+    def __post_init__(self) -> None:
+        get_preset(self.model)
+        if self.steps < 0 or self.batch_size < 1 or self.segment_seconds <= 0:
+            raise ConfigError("steps must be >= 0, batch >= 1 and segment seconds > 0")
+        if self.adversarial_loss not in ("hinge", "lsgan"):
+            raise ConfigError(
+                f"adversarial loss must be hinge or lsgan, not {self.adversarial_loss}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step measured (also one line of the JSONL log)."""
+
+    step: int
+    loss: float
+    mel: float
+    waveform: float
+    commitment: float
+    latent_rms: float
+    adversarial: float
+    feature: float
+    disc: float
+    energy_ratio: float
+    quantized: bool
+    mean_levels: float
+    perplexity: list[float]
+    seconds: float
+
+
+def corpus_fingerprint(clips: Sequence[Clip]) -> str:
+    """SHA-256 of clip names and lengths: a resumed run checks it reads the same corpus."""
+    h = hashlib.sha256()
+    for c in clips:
+        h.update(f"{c.name}:{len(c.samples)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _codebooks(model: MimiModel) -> Iterator[tuple[str, Any]]:
+    for name, module in model.named_modules():
+        if name.endswith("._codebook"):
+            yield name, module
+
+
+class Trainer:
+    """A training run in ``out_dir`` (checkpoint in ``out_dir/checkpoint``, best weights in
+    ``out_dir/best``, log in ``out_dir/log.jsonl``)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        clips: Sequence[Clip],
+        holdout: Sequence[Clip],
+        out_dir: Path,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.model_config: MimiConfig = get_preset(config.model)
+        self.device = torch.device(device)
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        torch.manual_seed(config.seed)
+        self.model = MimiModel(self.model_config).to(self.device).train()
+        self.disc = MultiScaleSTFTDiscriminator(config.disc_ffts, config.disc_filters).to(
+            self.device
+        )
+        self.opt_g = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=0.0
+        )
+        self.opt_d = torch.optim.AdamW(
+            self.disc.parameters(), lr=config.disc_lr, betas=config.betas, weight_decay=0.0
+        )
+        self.mel_loss = MultiScaleMelLoss(self.model_config.sample_rate).to(self.device)
+        segment = round(config.segment_seconds * self.model_config.sample_rate)
+        augmentation = Augmentation(config.gain_db, config.noise_probability, config.noise_snr_db)
+        self.sampler = CropSampler(clips, segment, config.batch_size, config.seed, augmentation)
+        self.fingerprint = corpus_fingerprint(clips)
+        self.holdout = list(holdout)
+        self.rng = np.random.default_rng(config.seed + 1)
+        self.step = 0
+        self.lr_scale = 1.0
+        self.restarts = 0
+        self.best_val = math.inf
+        self.health = {"energy_ratio": 1.0, "perplexity": float(self.model_config.quantizer.bins)}
+        self._stop = False
+
+    # -- one step ------------------------------------------------------------------------
+
+    def _levels(self, frames: int) -> tuple[bool, torch.Tensor]:
+        cfg, n_q = self.config, self.model_config.quantizer.n_q
+        B = cfg.batch_size
+        quantize = bool(self.rng.random() < cfg.quantize_probability)
+        if not quantize:
+            # The continuous latent is decoded; every codebook still takes its EMA step.
+            return False, torch.full((B, frames), n_q, dtype=torch.long)
+
+        def draw(shape: tuple[int, ...]) -> np.ndarray:
+            return np.clip(np.floor(np.exp(self.rng.random(shape) * math.log(n_q + 1))), 1, n_q)
+
+        if self.rng.random() < cfg.per_frame_probability:
+            levels = draw((B, frames))
+        else:
+            levels = np.repeat(draw((B, 1)), frames, axis=1)
+        return True, torch.from_numpy(levels.astype(np.int64))
+
+    def _set_lr(self) -> None:
+        warm = min(1.0, (self.step + 1) / max(1, self.config.warmup_steps))
+        for opt, base in ((self.opt_g, self.config.lr), (self.opt_d, self.config.disc_lr)):
+            for g in opt.param_groups:
+                g["lr"] = base * warm * self.lr_scale
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _latent_scale_penalty(self, latent: torch.Tensor) -> torch.Tensor:
+        terms = []
+        for rvq in (self.model.quantizer.rvq_first, self.model.quantizer.rvq_rest):
+            z = F.conv1d(latent.float(), rvq.input_proj.weight.float())
+            terms.append(torch.log(z.pow(2).mean() + 1e-8) ** 2)
+        return torch.stack(terms).mean()
+
+    def train_step(self) -> StepResult:
+        """One generator step (and one discriminator step once adversarial training is on)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        self._set_lr()
+        x = torch.from_numpy(self.sampler.batch()).to(self.device)
+        frames = -(-x.shape[-1] // self.model_config.frame_size)
+        quantize, levels = self._levels(frames)
+        levels = levels.to(self.device)
+        adversarial = self.step >= cfg.adversarial_start
+        if self.step in cfg.codebook_reset_steps:
+            for _, cb in _codebooks(self.model):
+                cb._initialized.zero_()
+        with self._autocast():
+            out = self.model(x, levels=levels, quantize=quantize)
+        y = out.audio.float()
+        mel = self.mel_loss(y, x)
+        wave = F.l1_loss(y, x)
+        commit = out.commitment_loss.float()
+        scale = self._latent_scale_penalty(out.latent)
+        loss = (
+            cfg.mel_weight * mel
+            + cfg.waveform_weight * wave
+            + cfg.commitment_weight * commit
+            + cfg.latent_scale_weight * scale
+        )
+        adv = feat = disc_loss = torch.zeros((), device=self.device)
+        if adversarial:
+            self.disc.requires_grad_(False)
+            with self._autocast():
+                fake = self.disc(y)
+                real = self.disc(x)
+            gen = hinge_generator_loss if cfg.adversarial_loss == "hinge" else lsgan_generator_loss
+            adv = gen([f.float() for f in fake.logits])
+            feat = feature_matching_loss(real.features, fake.features)
+            loss = loss + cfg.adversarial_weight * adv + cfg.feature_weight * feat
+            self.disc.requires_grad_(True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}")
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt_g.step()
+        if adversarial:
+            with self._autocast():
+                fake = self.disc(y.detach())
+                real = self.disc(x)
+            dl = (
+                hinge_discriminator_loss
+                if cfg.adversarial_loss == "hinge"
+                else lsgan_discriminator_loss
+            )
+            disc_loss = dl([r.float() for r in real.logits], [f.float() for f in fake.logits])
+            self.opt_d.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
+            self.opt_d.step()
+        self.step += 1
+        with torch.no_grad():
+            rms = float(
+                F.conv1d(
+                    out.latent.float(), self.model.quantizer.rvq_rest.input_proj.weight.float()
+                )
+                .pow(2)
+                .mean()
+                .sqrt()
+            )
+        return StepResult(
+            step=self.step,
+            loss=float(loss.detach()),
+            mel=float(mel.detach()),
+            waveform=float(wave.detach()),
+            commitment=float(commit.detach()),
+            latent_rms=rms,
+            adversarial=float(adv.detach()),
+            feature=float(feat.detach()),
+            disc=float(disc_loss.detach()),
+            energy_ratio=energy_ratio(y, x),
+            quantized=quantize,
+            mean_levels=float(levels.float().mean()),
+            perplexity=[round(float(p), 2) for p in out.perplexity],
+            seconds=time.perf_counter() - t0,
+        )
+
+    # -- collapse guard -------------------------------------------------------------------
+
+    def _update_health(self, r: StepResult) -> str | None:
+        """Track smoothed energy ratio and first-level perplexity; return why it collapsed."""
+        a = 0.1
+        h = self.health
+        h["energy_ratio"] = (1 - a) * h["energy_ratio"] + a * r.energy_ratio
+        if r.quantized:
+            h["perplexity"] = (1 - a) * h["perplexity"] + a * r.perplexity[0]
+        if not math.isfinite(r.loss):
+            return "the loss is not finite"
+        if self.step < self.config.guard_warmup:
+            return None
+        if not self.config.min_energy_ratio <= h["energy_ratio"] <= self.config.max_energy_ratio:
+            return (
+                f"output/input energy ratio {h['energy_ratio']:.3g} left "
+                f"[{self.config.min_energy_ratio}, {self.config.max_energy_ratio}]"
+            )
+        if h["perplexity"] < self.config.min_perplexity:
+            return f"first-level codebook perplexity fell to {h['perplexity']:.2f}"
+        return None
+
+    # -- validation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, seconds: float = 4.0) -> dict[str, float]:
+        """Mean mel distance on the held-out clips at 8 and 32 levels (eval mode)."""
+        if not self.holdout:
+            return {}
+        self.model.eval()
+        n = round(seconds * self.model_config.sample_rate)
+        result = {}
+        try:
+            batch = np.zeros((len(self.holdout), 1, n), dtype=np.float32)
+            for i, c in enumerate(self.holdout):
+                s = c.samples[:n]
+                batch[i, 0, : len(s)] = s
+            x = torch.from_numpy(batch).to(self.device)
+            for k in (8, self.model_config.quantizer.n_q):
+                out = self.model(x, levels=k, quantize=True)
+                result[f"val_mel_{k}"] = float(mel_distance(out.audio.float(), x, 24_000).mean())
+        finally:
+            self.model.train()
+        return result
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"disc/{k}": v for k, v in self.disc.state_dict().items()})
+        g_t, g_meta = checkpoint.optimizer_to_tensors(self.opt_g, "opt_g")
+        d_t, d_meta = checkpoint.optimizer_to_tensors(self.opt_d, "opt_d")
+        tensors.update(g_t)
+        tensors.update(d_t)
+        tensors["rng/torch_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "step": self.step,
+            "model": self.config.model,
+            "train_config": self.config.to_dict(),
+            "opt_g": g_meta,
+            "opt_d": d_meta,
+            "sampler_rng": self.sampler.state(),
+            "trainer_rng": self.rng.bit_generator.state,
+            # Python-side counters of the codebooks (dead-code check cadence).
+            "codebook_counters": {n: cb._steps_to_check for n, cb in _codebooks(self.model)},
+            "lr_scale": self.lr_scale,
+            "restarts": self.restarts,
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "health": self.health,
+            "corpus": self.fingerprint,
+        }
+        return tensors, state
+
+    def save(self) -> Path:
+        tensors, state = self._state()
+        return checkpoint.save(self.out_dir / "checkpoint", tensors, state, f"step{self.step:07d}")
+
+    def save_best(self, val: dict[str, float]) -> None:
+        tensors = {k: v for k, v in self.model.state_dict().items()}
+        checkpoint.save(
+            self.out_dir / "best",
+            tensors,
+            {"step": self.step, "model": self.config.model, "validation": val},
+            f"step{self.step:07d}",
+        )
+
+    def restore(self, directory: Path | None = None) -> None:
+        """Load a checkpoint written by :meth:`save` (default: this run's)."""
+        loaded = checkpoint.load(directory or self.out_dir / "checkpoint")
+        t, s = loaded.tensors, loaded.state
+        if s.get("model") != self.config.model:
+            raise CheckpointError(
+                f"checkpoint is for model {s.get('model')!r}, not {self.config.model!r}"
+            )
+
+        def sub(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in t.items() if k.startswith(prefix)}
+
+        try:
+            self.model.load_state_dict(sub("model/"))
+            self.disc.load_state_dict(sub("disc/"))
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint does not fit the model: {e}") from None
+        checkpoint.optimizer_from_tensors(self.opt_g, t, s["opt_g"], "opt_g")
+        checkpoint.optimizer_from_tensors(self.opt_d, t, s["opt_d"], "opt_d")
+        torch.set_rng_state(t["rng/torch_cpu"])
+        if self.device.type == "cuda" and "rng/torch_cuda" in t:
+            torch.cuda.set_rng_state(t["rng/torch_cuda"], self.device)
+        self.sampler.set_state(s["sampler_rng"])
+        self.rng.bit_generator.state = s["trainer_rng"]
+        counters = s.get("codebook_counters", {})
+        for name, cb in _codebooks(self.model):
+            if name in counters:
+                cb._steps_to_check = int(counters[name])
+        self.step = int(s["step"])
+        self.lr_scale = float(s["lr_scale"])
+        self.restarts = int(s["restarts"])
+        self.best_val = math.inf if s.get("best_val") is None else float(s["best_val"])
+        self.health = dict(s["health"])
+        if s.get("corpus") != self.fingerprint:
+            tqdm.write(
+                "warning: the training audio differs from the checkpoint's "
+                f"({s.get('corpus')} vs {self.fingerprint}); batches will not repeat exactly"
+            )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
+    def run(self, max_minutes: float | None = None) -> StepResult | None:
+        """Train until ``config.steps`` (or ``max_minutes``, or SIGTERM/SIGINT), then save.
+
+        Raises :class:`TrainingCollapsed` when the guard fires and no restart is left.
+        """
+        cfg = self.config
+        start = time.monotonic()
+        last_save = time.monotonic()
+        previous = {
+            s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)
+        }
+        last: StepResult | None = None
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=not self.progress,
+        )
+        try:
+            while self.step < cfg.steps and not self._stop:
+                if max_minutes is not None and time.monotonic() - start > max_minutes * 60:
+                    tqdm.write(f"time limit of {max_minutes} min reached at step {self.step}")
+                    break
+                try:
+                    r = self.train_step()
+                    why = self._update_health(r)
+                except FloatingPointError as e:
+                    r, why = None, str(e)
+                if why is not None:
+                    self._collapse(why)
+                    bar.n = self.step
+                    continue
+                assert r is not None
+                last = r
+                record = dataclasses.asdict(r)
+                if cfg.validate_every and self.step % cfg.validate_every == 0:
+                    val = self.validate()
+                    record.update(val)
+                    score = float(np.mean(list(val.values()))) if val else math.inf
+                    if score < self.best_val:
+                        self.best_val = score
+                        self.save_best(val)
+                self._log(record)
+                bar.update(1)
+                bar.set_postfix(
+                    mel=f"{r.mel:.3f}", er=f"{r.energy_ratio:.2f}", ppl=f"{r.perplexity[0]:.0f}"
+                )
+                if time.monotonic() - last_save > cfg.checkpoint_seconds:
+                    self.save()
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        self.save()
+        return last
+
+    def _collapse(self, why: str) -> None:
+        directory = self.out_dir / "checkpoint"
+        if not checkpoint.exists(directory):
+            raise TrainingCollapsed(
+                f"training collapsed at step {self.step}: {why}. There is no checkpoint to "
+                "restart from yet; start again with a lower --lr or another --seed"
+            )
+        if self.restarts >= self.config.max_restarts:
+            raise TrainingCollapsed(
+                f"training collapsed at step {self.step}: {why}. No restart left "
+                f"({self.restarts} of {self.config.max_restarts} used); lower --lr or resume "
+                "from an earlier checkpoint"
+            )
+        restarts = self.restarts + 1
+        scale = self.lr_scale * 0.5
+        message = f"collapse at step {self.step}: {why}; restarting from the last checkpoint"
+        tqdm.write(message + f" with learning rate x{scale:g}")
+        self._log({"event": "restart", "step": self.step, "reason": why})
+        self.restore(directory)
+        # Kept across the reload: a replay at the same rate would collapse the same way.
+        self.restarts, self.lr_scale = restarts, scale

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+
+from mimirate.errors import ConfigError
+from mimirate.ratecontrol.allocation import (
+    Calibration,
+    StreamingAllocator,
+    allocate,
+    hull_gains,
+    side_bits_per_frame,
+    silent_frames,
+)
+
+
+def curves(rng, t=300, k=32):
+    """Synthetic per-frame error curves: frames differ in difficulty and in decay."""
+    lv = np.arange(1, k + 1)[:, None]
+    scale = rng.lognormal(0.0, 1.0, t)[None]
+    decay = rng.uniform(3.0, 12.0, t)[None]
+    return scale * np.exp(-lv / decay)
+
+
+@pytest.mark.parametrize("target", [550.0, 1100.0, 2200.0])
+def test_hits_target_and_beats_uniform(rng, target):
+    err = curves(rng)
+    a = allocate(err, target)
+    side = side_bits_per_frame(32) * 12.5
+    assert a.bps <= target and a.bps > target - 11 * 12.5 / err.shape[1] - 1e-9
+    uniform = int((target - side) // (11 * 12.5))  # the fixed level count the same budget buys
+    t = np.arange(err.shape[1])
+    assert err[a.levels - 1, t].sum() < err[uniform - 1, t].sum()
+
+
+def test_optimal_on_convex_curves(rng):
+    # Exhaustive check on 3 frames x 6 levels: greedy on convex curves is optimal.
+    import itertools
+
+    gains = -np.sort(-rng.random((5, 3)), axis=0)  # positive, non-increasing per frame
+    err = np.vstack([np.full((1, 3), 5.0), 5.0 - np.cumsum(gains, axis=0)])
+    budget_levels = 9
+    a = allocate(err, (budget_levels * 11 + 3 * 3) * 12.5 / 3, side_bits=3)
+    best = min(
+        (sum(err[lv - 1, i] for i, lv in enumerate(c)), c)
+        for c in itertools.product(range(1, 7), repeat=3)
+        if sum(c) <= budget_levels
+    )
+    assert sum(a.levels) == budget_levels
+    assert sum(err[lv - 1, i] for i, lv in enumerate(a.levels)) == pytest.approx(best[0])
+
+
+def test_hull_gains_non_increasing():
+    d = np.array([[10.0], [9.9], [5.0], [4.9], [1.0]])  # a non-convex curve
+    g = hull_gains(d)
+    assert np.all(np.diff(g[:, 0]) <= 1e-12)
+    assert g.sum() == pytest.approx(9.0)
+
+
+def test_silence_and_bounds(rng):
+    err = curves(rng, t=20)
+    quiet = np.zeros(20, bool)
+    quiet[:5] = True
+    a = allocate(err, 3000.0, silent=quiet, min_levels=2, max_levels=12)
+    assert (a.levels[:5] == 1).all()
+    assert a.levels[5:].min() >= 2 and a.levels.max() <= 12
+    with pytest.raises(ConfigError):
+        allocate(err, -1.0)
+    with pytest.raises(ConfigError):
+        allocate(err[:, :0], 1000.0)
+    with pytest.raises(ConfigError):
+        allocate(np.full((4, 3), np.nan), 1000.0)
+
+
+def test_silent_frames():
+    x = np.zeros(1920 * 3, np.float32)
+    x[1920:3840] = 0.1 * np.sin(np.arange(1920) * 0.1)
+    assert list(silent_frames(x, 1920)) == [True, False, True]
+
+
+def test_calibration_monotone_and_used(rng, tmp_path):
+    e = rng.lognormal(-2, 1.5, 4000)
+    mel = 0.3 * np.log10(e) + rng.normal(0, 0.05, e.size)
+    cal = Calibration.fit(e, mel, model="t", source="synthetic", num_frames=e.size)
+    assert np.all(np.diff(cal.mel) >= 0)
+    assert cal(np.array([1e-3]))[0] < cal(np.array([1.0]))[0]
+    cal.save(tmp_path / "c.json")
+    assert Calibration.load(tmp_path / "c.json") == cal
+    with pytest.raises(ConfigError):
+        Calibration.load(tmp_path / "none.json")
+
+
+def test_streaming_allocator_tracks_target(rng):
+    err = curves(rng, t=400)
+    s = StreamingAllocator(1100.0, lookahead=8)
+    out = []
+    for t in range(err.shape[1]):
+        got = s.push(err[:, t])
+        assert len(got) == (1 if t >= 8 else 0)  # bounded delay: 8 frames
+        out += got
+    out += s.flush()
+    lv = np.array(out)
+    assert lv.size == 400
+    bps = (lv.sum() * 11 + 5 * lv.size) * 12.5 / lv.size
+    assert abs(bps - 1100.0) < 1100.0 * 0.05
+    t = np.arange(400)
+    offline = allocate(err, 1100.0).levels
+    uniform = np.full(400, int((1100 - 62.5) // 137.5))
+    got, best, flat = (err[x - 1, t].sum() for x in (lv, offline, uniform))
+    assert best <= got < flat

@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+from mimirate.cli import main
+from mimirate.ratecontrol.qoe import QualityTable
+
+
+@pytest.fixture()
+def table_file(tmp_path):
+    k = np.arange(1, 33)
+    t = QualityTable.from_measurements(
+        1.1 + 3.2 * (1 - np.exp(-k / 8)),
+        1.0 / k,
+        model="t",
+        weights_hash="00",
+        dataset="d",
+        num_files=1,
+        command="c",
+        created="now",
+    )
+    path = tmp_path / "q.json"
+    t.save(path)
+    return path
+
+
+@pytest.fixture()
+def trace_dir(tmp_path):
+    d = tmp_path / "traces"
+    d.mkdir()
+    (d / "a").write_text("0 1.0\n2 0.5\n4 1.5\n")
+    (d / "b").write_text("\n".join(str(t) for t in range(0, 6000, 3)) + "\n")  # Mahimahi
+    (d / "LICENSE").write_text("not a trace")
+    return d
+
+
+def test_simulate_json_and_report(tmp_path, capsys, table_file, trace_dir):
+    rc = main(
+        [
+            "simulate",
+            "--trace",
+            str(trace_dir),
+            "--controller",
+            "adaptive,fixed-4+red1",
+            "--duration",
+            "6",
+            "--loss",
+            "0.1",
+            "--quality-table",
+            str(table_file),
+            "--json",
+            "--report",
+            str(tmp_path / "rep"),
+        ]
+    )
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["controllers"]) == {"adaptive", "fixed-4+red1"}
+    assert len(doc["runs"]) == 4  # two traces x two controllers
+    assert (tmp_path / "rep" / "cdf.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "rep" / "results.json").read_text())["controllers"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--controller", "nonsense"],
+        ["--controller", "fixed-99"],
+        ["--gilbert", "0.1"],
+        ["--loss", "2"],
+        ["--duration", "-1"],
+    ],
+)
+def test_simulate_bad_arguments(capsys, table_file, trace_dir, extra):
+    rc = main(["simulate", "--trace", str(trace_dir), "--quality-table", str(table_file), *extra])
+    assert rc == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_simulate_missing_trace(capsys, table_file, tmp_path):
+    assert (
+        main(["simulate", "--trace", str(tmp_path / "no"), "--quality-table", str(table_file)]) == 2
+    )

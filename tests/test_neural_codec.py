@@ -1,0 +1,136 @@
+"""MimiCodec behind the Codec protocol: shapes, dtypes, buffering, flush, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mimirate.codec import Codec, StreamDecoder, StreamEncoder
+from mimirate.config import TINY
+from mimirate.errors import AudioError, FormatError
+from mimirate.models.mimi import MimiModel
+from mimirate.models.neural_codec import MimiCodec
+
+FS = TINY.frame_size
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def codec() -> MimiCodec:
+    torch.manual_seed(0)
+    model = MimiModel(TINY)
+    with torch.no_grad():
+        for rvq in (model.quantizer.rvq_first, model.quantizer.rvq_rest):
+            for j in range(rvq.n_levels):
+                rvq.codebook(j).embedding_sum.normal_(0, 0.1)
+    return MimiCodec(model, TINY, b"\x01" * 8)
+
+
+def _audio(*shape: int) -> np.ndarray:
+    return (np.random.default_rng(0).standard_normal(shape) * 0.1).astype(np.float32)
+
+
+def test_protocol_and_attributes(codec: MimiCodec) -> None:
+    assert isinstance(codec, Codec)
+    assert isinstance(codec.stream_encoder(), StreamEncoder)
+    assert isinstance(codec.stream_decoder(), StreamDecoder)
+    assert (codec.name, codec.frame_size, codec.num_levels) == ("tiny", FS, 32)
+    assert (codec.cardinality, codec.bits_per_code, codec.weights_hash) == (2048, 11, b"\x01" * 8)
+
+
+def test_encode_decode_shapes_and_leading_dims(codec: MimiCodec) -> None:
+    a = _audio(2, 3, 2 * FS + 5)
+    enc = codec.encode(a)
+    assert enc.codes.shape == (2, 3, 32, 3) and enc.codes.dtype == np.uint16
+    assert enc.latent_error.shape == (2, 3, 32, 3) and enc.latent_error.dtype == np.float32
+    assert enc.num_samples == 2 * FS + 5 and int(enc.codes.max()) < 2048
+    out = codec.decode(enc.codes)
+    assert out.shape == (2, 3, 3 * FS) and out.dtype == np.float32
+    eight = codec.encode(a, levels=8)
+    assert np.array_equal(eight.codes, enc.codes[..., :8, :])
+    single = codec.encode(a[1, 2])
+    assert np.array_equal(single.codes, enc.codes[1, 2])
+
+
+def test_decode_with_per_frame_levels(codec: MimiCodec) -> None:
+    codes = codec.encode(_audio(2, 3 * FS)).codes
+    levels = np.array([[32, 4, 1], [2, 2, 2]])
+    out = codec.decode(codes, levels)
+    assert out.shape == (2, 3 * FS)
+    np.testing.assert_array_equal(
+        codec.decode(codes, np.full((2, 3), 5, np.int64)), codec.decode(codes[:, :5])
+    )
+
+
+def test_empty_input_gives_no_frames(codec: MimiCodec) -> None:
+    enc = codec.encode(np.zeros(0, np.float32))
+    assert enc.codes.shape == (32, 0) and enc.num_samples == 0
+    assert codec.decode(enc.codes).shape == (0,)
+
+
+def test_stream_encoder_buffers_and_flushes(codec: MimiCodec) -> None:
+    a = _audio(2, 3 * FS + 100)
+    offline = codec.encode(a)
+    stream = codec.stream_encoder()
+    parts = [stream.push(a[:, i : i + 777]) for i in range(0, a.shape[-1], 777)]
+    assert [p.num_frames for p in parts[:3]] == [0, 0, 1]
+    parts.append(stream.flush())
+    assert parts[-1].num_frames == 1 and parts[-1].num_samples == 100
+    codes = np.concatenate([p.codes for p in parts], axis=-1)
+    assert codes.shape == offline.codes.shape
+    assert np.array_equal(codes[:, :16], offline.codes[:, :16])
+    assert sum(p.num_samples for p in parts) == a.shape[-1]
+    assert stream.flush().num_frames == 0
+    with pytest.raises(AudioError, match="batch shape"):
+        stream.push(_audio(3, 10))
+
+
+def test_stream_decoder_matches_offline(codec: MimiCodec) -> None:
+    codes = codec.encode(_audio(4 * FS)).codes
+    levels = np.array([32, 8, 8, 3])
+    offline = codec.decode(codes, levels)
+    dec = codec.stream_decoder()
+    pieces = [dec.push(codes[:, :1], levels[:1]), dec.push(codes[:, 1:4], levels[1:4])]
+    np.testing.assert_allclose(np.concatenate(pieces), offline, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [np.array([0.0, np.nan], np.float32), np.array([np.inf]), np.zeros(5, np.int16), np.float32(1)],
+)
+def test_bad_audio_is_an_audio_error(codec: MimiCodec, audio) -> None:
+    with pytest.raises(AudioError):
+        codec.encode(audio)
+
+
+@pytest.mark.parametrize("levels", [0, 33, 2.5])
+def test_bad_encode_levels(codec: MimiCodec, levels) -> None:
+    with pytest.raises(FormatError):
+        codec.encode(_audio(FS), levels=levels)
+
+
+def test_bad_codes_are_format_errors(codec: MimiCodec) -> None:
+    good = np.zeros((4, 2), np.uint16)
+    for bad in (
+        np.full((4, 2), 2048, np.int64),
+        np.full((4, 2), -1, np.int64),
+        np.zeros((33, 2), np.int64),
+        np.zeros((0, 2), np.int64),
+        np.zeros(3, np.int64),
+        np.zeros((4, 2), np.float32),
+    ):
+        with pytest.raises(FormatError):
+            codec.decode(bad)
+    for levels in (np.array([5, 1]), np.array([0, 1]), np.array([1, 1, 1]), np.array([1.0, 2.0])):
+        with pytest.raises(FormatError):
+            codec.decode(good, levels)
+    with pytest.raises(ValueError):  # FormatError is a ValueError
+        codec.stream_decoder().push(np.full((1, 1), 9999))

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from mimirate.ratecontrol.options import OptionTable, expected_frame_qoe
+from mimirate.ratecontrol.qoe import QualityTable, delay_impairment
+from mimirate.ratecontrol.wire import WireSizer
+
+
+@pytest.fixture(scope="module")
+def table():
+    k = np.arange(1, 33)
+    return QualityTable.from_measurements(
+        1.1 + 3.2 * (1 - np.exp(-k / 8)),
+        1.0 / k,
+        model="t",
+        weights_hash="00",
+        dataset="d",
+        num_files=1,
+        command="c",
+        created="now",
+    )
+
+
+def test_wire_rates_come_from_packet_bytes(table):
+    sizer = WireSizer()
+    opts = OptionTable(sizer, table)
+    o = opts.find(8, 2, 0)
+    assert o.wire_bps == pytest.approx(sizer.packet_bytes((8, 8)) * 8 * 12.5 / 2)
+    # Bundling frames saves headers.
+    assert opts.find(8, 4, 0).wire_bps < opts.find(8, 1, 0).wire_bps
+    assert opts.find(8, 1, 2).wire_bps > opts.find(8, 1, 0).wire_bps
+
+
+def test_expected_qoe_counts_loss_delay_and_redundancy(table):
+    u = np.array(table.utility)
+    # One frame a packet, no loss, 20 ms network delay: U - Idd(20 + 80).
+    q = expected_frame_qoe(table, np.array([8]), np.array([1]), np.array([0]), 0.0, 20.0)
+    assert q[0] == pytest.approx(u[7] - delay_impairment(100.0))
+    # 10% loss: redundancy of 2 levels adds p(1-p) U(2) at one more packet of delay.
+    q0 = expected_frame_qoe(table, np.array([8]), np.array([1]), np.array([0]), 0.1, 20.0)[0]
+    q2 = expected_frame_qoe(table, np.array([8]), np.array([1]), np.array([2]), 0.1, 20.0)[0]
+    assert q0 == pytest.approx(0.9 * u[7])
+    assert q2 == pytest.approx(0.9 * u[7] + 0.09 * (u[1] - delay_impairment(180.0)))
+
+
+def test_best_respects_the_budget(table):
+    opts = OptionTable(WireSizer(), table)
+    for rate in (1500.0, 3000.0, 6000.0):
+        o = opts.best(rate, 0.0, 50.0)
+        assert o.wire_bps <= rate
+    assert opts.best(10.0, 0.0, 0.0) is opts.cheapest

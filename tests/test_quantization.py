@@ -1,0 +1,103 @@
+"""Split RVQ: exact nearest search, prefix codes, per-frame level masks, latent error, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimirate.config import QuantizerConfig
+from mimirate.models.quantization import EuclideanCodebook, SplitResidualVectorQuantizer
+
+CFG = QuantizerConfig(n_q=6, n_q_semantic=1, bins=32, dimension=4)
+C = 8
+
+
+def _quantizer() -> SplitResidualVectorQuantizer:
+    torch.manual_seed(0)
+    q = SplitResidualVectorQuantizer(CFG, C)
+    with torch.no_grad():
+        for rvq in (q.rvq_first, q.rvq_rest):
+            for j in range(rvq.n_levels):
+                book = rvq.codebook(j)
+                book.embedding_sum.copy_(torch.randn(CFG.bins, CFG.dimension) / (j + 1))
+                book._initialized.fill_(1)
+    return q
+
+
+def test_nearest_is_cdist_argmin_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    book = EuclideanCodebook(16, 256, 0.99, 0.1)
+    book.embedding_sum.copy_(torch.randn(256, 16))
+    book.cluster_usage.copy_(torch.rand(256) + 0.5)
+    x = torch.randn(40, 16)
+    ref = torch.cdist(x[None], book.centroids[None])[0].argmin(-1)
+    assert torch.equal(book.nearest(x), ref)
+
+
+def test_centroid_cache_follows_buffer_changes() -> None:
+    book = EuclideanCodebook(2, 4, 0.99, 0.1)
+    assert torch.equal(book.centroids, torch.zeros(4, 2))
+    book.load_state_dict({**book.state_dict(), "embedding_sum": torch.ones(4, 2)})
+    assert torch.equal(book.centroids, torch.ones(4, 2))
+
+
+def test_codes_are_nested_and_latent_error_is_exact() -> None:
+    q = _quantizer()
+    latent = torch.randn(2, C, 5)
+    with torch.no_grad():
+        full = q.encode(latent)
+        assert full.codes.shape == (2, 6, 5) and full.latent_error.shape == (2, 6, 5)
+        for k in (1, 2, 4):
+            assert torch.equal(q.encode(latent, k).codes, full.codes[:, :k])
+        for k in range(1, 7):
+            recon = q.decode(full.codes[:, :k])
+            direct = (latent - recon).pow(2).sum(1)
+            assert torch.allclose(full.latent_error[:, k - 1], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_per_frame_levels_equal_prefix_decodes_exactly() -> None:
+    q = _quantizer()
+    codes = torch.randint(0, CFG.bins, (2, 6, 4))
+    levels = torch.tensor([[1, 2, 6, 3], [6, 1, 1, 4]])
+    with torch.no_grad():
+        mixed = q.decode(codes, levels)
+        for b in range(2):
+            for t in range(4):
+                k = int(levels[b, t])
+                # Masked levels add exact zeros: bit-identical to the k-level decode.
+                prefix = q.decode(codes[:, :k])
+                assert torch.equal(mixed[b, :, t], prefix[b, :, t])
+        assert torch.equal(q.decode(codes, torch.full((2, 4), 6)), q.decode(codes))
+        assert torch.equal(q.decode(codes[:, :3], torch.full((2, 4), 3)), q.decode(codes[:, :3]))
+
+
+def test_training_pass_initialises_learns_and_passes_gradients() -> None:
+    torch.manual_seed(0)
+    q = SplitResidualVectorQuantizer(CFG, C).train()
+    latent = torch.randn(3, C, 20, requires_grad=True)
+    levels = torch.full((3, 20), 6)
+    for _ in range(CFG.n_q):  # k-means takes one level per call
+        out = q(latent, levels)
+    assert all(q.rvq_rest.codebook(j).initialized for j in range(5))
+    before = q.rvq_rest.codebook(0).embedding_sum.clone()
+    out = q(latent, levels)
+    assert not torch.equal(before, q.rvq_rest.codebook(0).embedding_sum)
+    assert out.quantized.shape == (3, C, 20) and out.codes.shape == (3, 6, 20)
+    assert out.perplexity.shape == (6,) and bool((out.perplexity >= 1).all())
+    (out.quantized.sum() + out.commitment_loss).backward()
+    assert latent.grad is not None and bool(latent.grad.abs().sum() > 0)
+
+
+def test_training_levels_mask_frames() -> None:
+    q = _quantizer().eval()
+    latent = torch.randn(1, C, 4)
+    levels = torch.tensor([[1, 3, 6, 2]])
+    with torch.no_grad():
+        out = q(latent, levels)
+        expected = q.decode(out.codes, levels)
+    assert torch.allclose(out.quantized, expected, atol=1e-5)
+
+
+def test_encode_rejects_bad_level_count() -> None:
+    with pytest.raises(ValueError, match="n_q"):
+        _quantizer().encode(torch.zeros(1, C, 2), 7)

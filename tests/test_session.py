@@ -1,0 +1,138 @@
+"""Sender and receiver without sockets: packetisation, redundancy, caps, concealment, reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mimirate.errors import ConfigError
+from mimirate.transport.jitter import FrameSource, JitterBuffer
+from mimirate.transport.session import (
+    CONCEAL_GAINS,
+    FixedPolicy,
+    ReceiveMonitor,
+    Receiver,
+    SendDecision,
+    Sender,
+)
+from mimirate.transport.wire import FrameCodes, MediaPacket, parse_message
+
+
+@pytest.fixture(scope="module")
+def codec():
+    from mimirate import load_codec
+
+    return load_codec("tiny", random_init=True, seed=0)
+
+
+def frame(i: int, k: int = 32) -> FrameCodes:
+    return FrameCodes(i, (np.arange(k, dtype=np.uint16) * 7 + i) % 2048)
+
+
+def sender(levels=8, fpp=1, red=0) -> Sender:
+    d = SendDecision(levels, fpp, red)
+    return Sender(32, FixedPolicy(d), d)
+
+
+def test_sender_packetises_at_levels_with_redundancy() -> None:
+    s = sender(levels=6, fpp=2, red=2)
+    out = [s.push(frame(i), i * 80.0) for i in range(4)]
+    assert [len(o) for o in out] == [0, 1, 0, 1]
+    first, second = (parse_message(o[0]) for o in (out[1], out[3]))
+    assert isinstance(first, MediaPacket) and isinstance(second, MediaPacket)
+    assert [f.index for f in first.frames] == [0, 1] and first.redundant == ()
+    assert all(f.levels == 6 for f in second.frames)
+    np.testing.assert_array_equal(second.frames[0].codes, frame(2).codes[:6])
+    # The previous packet's frames ride along at 2 levels.
+    assert [(f.index, f.levels) for f in second.redundant] == [(0, 2), (1, 2)]
+    np.testing.assert_array_equal(second.redundant[1].codes, frame(1).codes[:2])
+    assert (first.seq, second.seq) == (0, 1)
+
+
+def test_sender_cap_and_gap_flush() -> None:
+    s = sender(levels=16, fpp=3)
+    s.set_cap(40)
+    assert s.levels == 16  # a cap above the model's levels is clamped, not an error
+    s.set_cap(3)
+    assert s.push(frame(0), 0.0) == []
+    # Frame 1 was lost upstream: frame 0 goes out alone, frame 2 starts a new packet.
+    out = s.push(frame(2), 160.0)
+    pkt = parse_message(out[0])
+    assert [(f.index, f.levels) for f in pkt.frames] == [(0, 3)]
+    assert s.flush(170.0) and s.flush(171.0) == []
+    with pytest.raises(ConfigError):
+        sender(levels=0)
+
+
+def test_sequence_numbers_wrap_and_monitor_unwraps() -> None:
+    mon = ReceiveMonitor()
+    for i, seq in enumerate([65534, 65535, 0, 2]):  # 1 missing after the wrap
+        mon.on_packet(MediaPacket(seq, (frame(i),)), i * 80.0, 50)
+    rep = mon.report(400.0)
+    assert rep.highest_seq == 2
+    assert rep.cumulative_lost == 1
+    assert rep.loss_fraction == round(65535 / 5)
+    assert rep.receive_rate_bps == int(4 * 50 * 8000 / 400)
+    assert [a[0] for a in rep.arrivals] == [65534, 65535, 0, 2]
+    assert parse_message(bytes(rep)) == rep
+    # The next interval starts after the highest seen; nothing new, nothing lost.
+    assert mon.report(500.0).cumulative_lost == 1
+
+
+def test_sender_reads_queuing_delay_from_report() -> None:
+    s = sender()
+    for i in range(3):
+        s.push(frame(i), i * 80.0)
+    mon = ReceiveMonitor()
+    # Arrivals 30 ms, then 30, then 130 ms after sending: 0, 0, 100 ms above the base.
+    for i, extra in enumerate([30.0, 30.0, 130.0]):
+        mon.on_packet(MediaPacket(i, (frame(i),)), i * 80.0 + extra, 40)
+    s.on_report(mon.report(400.0), 400.0)
+    assert s.queuing_delay_ms == pytest.approx(100.0 / 3, abs=0.01)
+    assert s.reports == 1
+
+
+def test_receiver_decodes_conceals_and_uses_redundancy(codec) -> None:
+    jitter = JitterBuffer(min_frames=0, target_frames=0)
+    rx = Receiver(codec.stream_decoder(), codec.num_levels, codec.frame_size, jitter)
+    s = sender(levels=8, red=3)
+    packets = [parse_message(s.push(frame(i), i * 80.0)[0]) for i in range(8)]
+    # Lose packets 2 (its frame comes back from packet 3's redundancy) and 5, 6 (5 is
+    # repeated in 6, also lost: concealed; 6 is redundant in 7).
+    for i, p in enumerate(packets):
+        if i not in (2, 5, 6):
+            rx.on_packet(p, i * 80.0, 40)
+    out = [rx.tick() for _ in range(8)]
+    assert [o.source for o in out] == [
+        FrameSource.FULL,
+        FrameSource.FULL,
+        FrameSource.REDUNDANT,
+        FrameSource.FULL,
+        FrameSource.FULL,
+        FrameSource.CONCEALED,
+        FrameSource.REDUNDANT,
+        FrameSource.FULL,
+    ]
+    assert [o.levels for o in out] == [8, 8, 3, 8, 8, 0, 3, 8]
+    assert all(o.audio.shape == (codec.frame_size,) and o.audio.dtype == np.float32 for o in out)
+    assert rx.longest_conceal_run == 1
+    # The concealed frame fades from full gain to CONCEAL_GAINS[0] over the frame.
+    assert np.all(np.isfinite(out[5].audio))
+
+
+def test_long_loss_fades_to_silence_then_recovers(codec) -> None:
+    jitter = JitterBuffer(min_frames=0, target_frames=0)
+    rx = Receiver(codec.stream_decoder(), codec.num_levels, codec.frame_size, jitter)
+    s = sender(levels=4)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        rx.on_packet(parse_message(s.push(frame(i), 0.0)[0]), 0.0, 40)
+    rx.on_packet(
+        MediaPacket(99, (FrameCodes(12, rng.integers(0, 2048, 4).astype(np.uint16)),)), 0.0, 40
+    )
+    out = [rx.tick() for _ in range(13)]
+    run = len(CONCEAL_GAINS) + 2
+    concealed = [o for o in out if o.source is FrameSource.CONCEALED]
+    assert len(concealed) == 10 and rx.longest_conceal_run == 10
+    assert np.all(concealed[run].audio == 0.0)  # beyond the fade: silence
+    assert out[-1].source is FrameSource.FULL and out[-1].index == 12

@@ -1,0 +1,111 @@
+"""The training loop: loss falls, resuming is exact, the collapse guard stops a bad run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mimirate.train.data import Clip
+from mimirate.train.trainer import TrainConfig, Trainer, TrainingCollapsed
+
+
+def _clip(seconds: float = 1.0) -> Clip:
+    t = np.arange(int(24_000 * seconds)) / 24_000
+    x = sum(np.sin(2 * np.pi * 150 * h * t) / h for h in range(1, 10))
+    return Clip("voiced", (0.1 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32))
+
+
+def _config(**kw: object) -> TrainConfig:
+    base = dict(
+        model="tiny",
+        batch_size=2,
+        segment_seconds=0.16,  # two frames
+        warmup_steps=1,
+        validate_every=0,
+        holdout_clips=0,
+        checkpoint_seconds=1e9,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_loss_falls_on_a_repeated_clip(tmp_path: Path) -> None:
+    cfg = _config(
+        steps=16,
+        lr=1e-3,
+        codebook_reset_steps=(),
+        gain_db=(0.0, 0.0),
+        noise_probability=0.0,
+        quantize_probability=0.0,
+    )
+    trainer = Trainer(cfg, [_clip()], [], tmp_path, progress=False)
+    mels = [trainer.train_step().mel for _ in range(cfg.steps)]
+    # Measured: 5.86 -> 5.05 (-14 %); the margin allows other platforms' rounding.
+    assert np.mean(mels[-4:]) < 0.93 * np.mean(mels[:4])
+
+
+def test_resume_gives_identical_steps(tmp_path: Path) -> None:
+    # Crosses a codebook reset (step 1), quantized and continuous steps, and the
+    # discriminator's start (step 3), so every piece of state must come back.
+    cfg = _config(steps=5, adversarial_start=3, codebook_reset_steps=(1,), disc_ffts=(256,))
+    clips = [
+        _clip(),
+        Clip("noise", 0.05 * np.random.default_rng(0).standard_normal(30_000).astype(np.float32)),
+    ]
+    straight = Trainer(cfg, clips, [], tmp_path / "a", progress=False)
+    expected = [straight.train_step() for _ in range(5)]
+
+    first = Trainer(cfg, clips, [], tmp_path / "b", progress=False)
+    for _ in range(3):
+        first.train_step()
+    first.save()
+    resumed = Trainer(cfg, clips, [], tmp_path / "b", progress=False)
+    resumed.restore()
+    assert resumed.step == 3
+    got = [resumed.train_step() for _ in range(2)]
+    for e, g in zip(expected[3:], got, strict=True):
+        e_d, g_d = dataclasses.asdict(e), dataclasses.asdict(g)
+        e_d.pop("seconds")
+        g_d.pop("seconds")
+        assert g_d == e_d
+    assert got[-1].disc != 0.0  # the discriminator did train
+
+
+def test_run_writes_log_checkpoint_and_best(tmp_path: Path) -> None:
+    cfg = _config(steps=2, validate_every=2, holdout_clips=1)
+    clips = [_clip(), _clip(0.5)]
+    trainer = Trainer(cfg, clips[:1], clips[1:], tmp_path, progress=False)
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert len(rows[0]["perplexity"]) == 32
+    assert "val_mel_8" in rows[1] and "val_mel_32" in rows[1]
+    assert (tmp_path / "checkpoint" / "state.json").is_file()
+    assert (tmp_path / "best" / "state.json").is_file()
+
+
+def test_collapse_guard_restarts_then_stops(tmp_path: Path) -> None:
+    # An impossible energy window makes every step look collapsed.
+    cfg = _config(steps=10, guard_warmup=0, min_energy_ratio=1e6, max_restarts=1)
+    trainer = Trainer(cfg, [_clip()], [], tmp_path, progress=False)
+    with pytest.raises(TrainingCollapsed, match="no checkpoint to restart"):
+        Trainer(cfg, [_clip()], [], tmp_path / "fresh", progress=False).run()
+    trainer.save()  # a "last good" checkpoint at step 0
+    with pytest.raises(TrainingCollapsed, match="energy ratio"):
+        trainer.run()
+    assert trainer.restarts == 1 and trainer.lr_scale == 0.5
+    events = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e.get("event") for e in events] == ["restart"]
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = _config(steps=3)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError):
+        TrainConfig(adversarial_loss="wgan")
+    with pytest.raises(ValueError):
+        TrainConfig(model="nope")
