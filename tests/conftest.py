@@ -22,3 +22,15 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """One torch thread per test process: with two, torch's threads spin-wait against
+    any other busy process (Ray workers, servers the tests start) and a test can run
+    several times slower. Modules that measure threading set their own count."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

@@ -376,3 +376,21 @@ def test_hub_cache_is_used_without_network(
     loaded = load_model("someone/tiny-mimi")
     assert loaded.weights_hash == tiny.weights_hash
     assert loaded.source == "hub:someone/tiny-mimi"
+
+
+def test_random_init_hash_does_not_depend_on_thread_count() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+        "from mimirate import load_codec; "
+        "print(load_codec('tiny', random_init=True).weights_hash.hex())"
+    )
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(n)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for n in (1, 2)
+    }
+    assert len(hashes) == 1

@@ -175,9 +175,12 @@ def check_playback(listen: dict, frame_rate: float = 12.5) -> dict:
     # Audio keeps playing: one frame every 80 ms, never a gap of more than one frame.
     assert listen["max_tick_gap_ms"] < 2 * 1000 / frame_rate, figures
     assert levels.size >= int((SECONDS - 1.5) * frame_rate), figures
-    # Losses are covered: a concealed run is at most one packet (of up to 4 frames), and
-    # redundancy keeps most lost frames playing from their base levels.
-    assert listen["longest_conceal_run"] <= 4, figures
+    # Losses are covered. iptables drops each packet independently with p = 0.1, so runs
+    # of lost packets happen: two suites saw 6 and 8 concealed frames in a row (2-4
+    # frames a packet). Four packet losses in a row (p^4 = 1e-4, about 1% over the ~100
+    # packets of a run) would exceed 3 packets of 4 frames; redundancy keeps most single
+    # losses playing from their base levels.
+    assert listen["longest_conceal_run"] <= 12, figures
     assert listen["concealed"] <= 0.25 * levels.size, figures
     # The levels follow the capacity: fewer after it halved.
     assert figures["levels_after"] < figures["levels_before"], figures

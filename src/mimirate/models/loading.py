@@ -584,12 +584,20 @@ def _randomize_quantizer(model: MimiModel, generator: torch.Generator) -> None:
 
 def _random_model(config: MimiConfig, seed: int) -> MimiModel:
     # fork_rng: the caller's global RNG state is neither used nor changed.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _new_model(config).eval()
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            _randomize_quantizer(model, generator)
+    # One thread for the calibration: float sums in a different order (another thread
+    # count) would give other centroids and so another weights hash, and a client and a
+    # server with different thread settings would refuse each other's codes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _new_model(config).eval()
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                _randomize_quantizer(model, generator)
+    finally:
+        torch.set_num_threads(threads)
     return model
 
 
