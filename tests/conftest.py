@@ -19,6 +19,25 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def quality_table():
+    """An invented, rising quality-per-level table for rate-control tests (not measured):
+    PESQ-like 1.1 + 3.2 (1 - exp(-k / 8)), mel-like 1 / k."""
+    from mimirate.ratecontrol.qoe import QualityTable
+
+    k = np.arange(1, 33)
+    return QualityTable.from_measurements(
+        1.1 + 3.2 * (1 - np.exp(-k / 8)),
+        1.0 / k,
+        model="t",
+        weights_hash="00",
+        dataset="d",
+        num_files=1,
+        command="c",
+        created="now",
+    )
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

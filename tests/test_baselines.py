@@ -10,25 +10,14 @@ from mimirate.ratecontrol.baselines import (
     offline_optimum,
 )
 from mimirate.ratecontrol.options import OptionTable
-from mimirate.ratecontrol.qoe import QualityTable
 from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
 from mimirate.ratecontrol.traces import Trace
 from mimirate.ratecontrol.wire import WireSizer
 
 
 @pytest.fixture(scope="module")
-def table():
-    k = np.arange(1, 33)
-    return QualityTable.from_measurements(
-        1.1 + 3.2 * (1 - np.exp(-k / 8)),
-        1.0 / k,
-        model="t",
-        weights_hash="00",
-        dataset="d",
-        num_files=1,
-        command="c",
-        created="now",
-    )
+def table(quality_table):
+    return quality_table
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.1])

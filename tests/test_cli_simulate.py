@@ -1,27 +1,14 @@
 import json
 
-import numpy as np
 import pytest
 
 from mimirate.cli import main
-from mimirate.ratecontrol.qoe import QualityTable
 
 
 @pytest.fixture()
-def table_file(tmp_path):
-    k = np.arange(1, 33)
-    t = QualityTable.from_measurements(
-        1.1 + 3.2 * (1 - np.exp(-k / 8)),
-        1.0 / k,
-        model="t",
-        weights_hash="00",
-        dataset="d",
-        num_files=1,
-        command="c",
-        created="now",
-    )
+def table_file(tmp_path, quality_table):
     path = tmp_path / "q.json"
-    t.save(path)
+    quality_table.save(path)
     return path
 
 

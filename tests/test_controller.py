@@ -1,6 +1,5 @@
 """Invented timelines fed to the controller, with its exact decisions."""
 
-import numpy as np
 import pytest
 
 from mimirate.bitstream.packet import FeedbackReport
@@ -13,24 +12,12 @@ from mimirate.ratecontrol.controller import (
     PacketArrival,
 )
 from mimirate.ratecontrol.options import OptionTable
-from mimirate.ratecontrol.qoe import QualityTable
 from mimirate.ratecontrol.wire import WireSizer
 
 
 @pytest.fixture(scope="module")
-def options():
-    k = np.arange(1, 33)
-    t = QualityTable.from_measurements(
-        1.1 + 3.2 * (1 - np.exp(-k / 8)),
-        1.0 / k,
-        model="t",
-        weights_hash="00",
-        dataset="d",
-        num_files=1,
-        command="c",
-        created="now",
-    )
-    return OptionTable(WireSizer(), t)
+def options(quality_table):
+    return OptionTable(WireSizer(), quality_table)
 
 
 def arrivals(seqs, send_step=80.0, owd=50.0, size=100, t0=0.0):

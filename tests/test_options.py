@@ -2,23 +2,13 @@ import numpy as np
 import pytest
 
 from mimirate.ratecontrol.options import OptionTable, expected_frame_qoe
-from mimirate.ratecontrol.qoe import QualityTable, delay_impairment
+from mimirate.ratecontrol.qoe import delay_impairment
 from mimirate.ratecontrol.wire import WireSizer
 
 
 @pytest.fixture(scope="module")
-def table():
-    k = np.arange(1, 33)
-    return QualityTable.from_measurements(
-        1.1 + 3.2 * (1 - np.exp(-k / 8)),
-        1.0 / k,
-        model="t",
-        weights_hash="00",
-        dataset="d",
-        num_files=1,
-        command="c",
-        created="now",
-    )
+def table(quality_table):
+    return quality_table
 
 
 def test_wire_rates_come_from_packet_bytes(table):

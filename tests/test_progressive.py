@@ -9,23 +9,12 @@ from mimirate.ratecontrol.progressive import (
     deliver,
     in_order_file,
 )
-from mimirate.ratecontrol.qoe import QualityTable
 from mimirate.ratecontrol.traces import constant_trace
 
 
 @pytest.fixture(scope="module")
-def table():
-    k = np.arange(1, 33)
-    return QualityTable.from_measurements(
-        1.1 + 3.2 * (1 - np.exp(-k / 8)),
-        1.0 / k,
-        model="t",
-        weights_hash="00",
-        dataset="d",
-        num_files=1,
-        command="c",
-        created="now",
-    )
+def table(quality_table):
+    return quality_table
 
 
 @pytest.fixture(scope="module")

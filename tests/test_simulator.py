@@ -7,7 +7,7 @@ from mimirate.errors import ConfigError
 from mimirate.ratecontrol.baselines import FixedController
 from mimirate.ratecontrol.controller import AdaptiveController
 from mimirate.ratecontrol.options import OptionTable
-from mimirate.ratecontrol.qoe import FRAME_MS, QualityTable
+from mimirate.ratecontrol.qoe import FRAME_MS
 from mimirate.ratecontrol.simulator import (
     BernoulliLoss,
     GilbertElliottLoss,
@@ -31,18 +31,8 @@ class DropSlots:
 
 
 @pytest.fixture(scope="module")
-def table():
-    k = np.arange(1, 33)
-    return QualityTable.from_measurements(
-        1.1 + 3.2 * (1 - np.exp(-k / 8)),
-        1.0 / k,
-        model="t",
-        weights_hash="00",
-        dataset="d",
-        num_files=1,
-        command="c",
-        created="now",
-    )
+def table(quality_table):
+    return quality_table
 
 
 def test_fixed_pattern_losses_exact(table):

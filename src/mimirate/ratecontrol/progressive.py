@@ -17,6 +17,7 @@ and the quality of the whole message if decoded at each instant.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -39,39 +40,13 @@ STEP_S = 0.02
 def coarse_first_file(f: MimiFile) -> MimiFile:
     """The same codes as one chunk (up to the container's largest): every base level first."""
     frames = min(max(f.num_frames, 1), MAX_CHUNK_FRAMES)
-    return MimiFile(
-        f.model,
-        f.weights_hash,
-        f.sample_rate,
-        f.frame_rate,
-        f.bits_per_code,
-        f.num_levels,
-        f.num_samples,
-        f.codes,
-        f.levels,
-        f.entropy,
-        frames,
-        f.entropy_table,
-    )
+    return dataclasses.replace(f, chunk_frames=frames)
 
 
 def in_order_file(f: MimiFile) -> MimiFile:
     """The same codes in one-second chunks: time order, second by second."""
     frames = max(1, round(f.frame_rate * START_SECONDS))
-    return MimiFile(
-        f.model,
-        f.weights_hash,
-        f.sample_rate,
-        f.frame_rate,
-        f.bits_per_code,
-        f.num_levels,
-        f.num_samples,
-        f.codes,
-        f.levels,
-        f.entropy,
-        frames,
-        f.entropy_table,
-    )
+    return dataclasses.replace(f, chunk_frames=frames)
 
 
 @dataclass(frozen=True)
