@@ -69,3 +69,12 @@ def test_simulate_missing_trace(capsys, table_file, tmp_path):
     assert (
         main(["simulate", "--trace", str(tmp_path / "no"), "--quality-table", str(table_file)]) == 2
     )
+
+
+def test_simulate_offline_reports_its_bound(capsys, table_file, trace_dir):
+    args = ["simulate", "--trace", str(trace_dir / "a"), "--controller", "adaptive,offline"]
+    args += ["--duration", "3", "--quality-table", str(table_file), "--json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ctl = doc["controllers"]
+    assert doc["offline_bound_qoe"] >= max(ctl["adaptive"]["mean_qoe"], ctl["offline"]["mean_qoe"])

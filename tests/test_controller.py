@@ -1,5 +1,7 @@
 """Invented timelines fed to the controller, with its exact decisions."""
 
+import math
+
 import pytest
 
 from mimirate.bitstream.packet import FeedbackReport
@@ -94,16 +96,26 @@ def test_random_loss_buys_redundancy_not_a_lower_rate(options):
     assert d.redundancy > 0
 
 
+def stall_time(c, sent_ms, ack_ms, last_report_ms):
+    """When the controller calls the path stalled: the oldest unacknowledged packet (sent
+    at ``sent_ms``) is older than the fastest ack + margin + a packet interval, and no
+    report acknowledged anything since ``last_report_ms`` for margin + two intervals."""
+    interval = c.option.frames_per_packet * 80.0
+    return max(
+        sent_ms + ack_ms + C.STALL_MARGIN_MS + interval,
+        last_report_ms + C.STALL_MARGIN_MS + 2 * interval,
+    )
+
+
 def test_stall_without_acks_cuts_the_rate(options):
     c = AdaptiveController(options, start_rate_bps=6000.0)
     c.on_sent(0, 0.0, 100)
     c.update(Feedback(arrivals([0]), 0, 0), 100.0)  # ack delay 100 ms
-    rate = c.rate_bps
     c.on_sent(1, 200.0, 100)
-    c.update(None, 200.0 + 100.0 + C.STALL_MARGIN_MS - 10)  # not yet
+    c.update(None, stall_time(c, 200.0, 100.0, 100.0) - 10)  # not yet
     assert c.state is ControllerState.STARTUP
     rate = c.rate_bps
-    c.update(None, 200.0 + 100.0 + C.STALL_MARGIN_MS + 10)
+    c.update(None, stall_time(c, 200.0, 100.0, 100.0) + 10)
     assert c.state is ControllerState.DECREASE
     assert c.rate_bps == pytest.approx(max(C.BACKOFF * rate, options.cheapest.wire_bps))
 
@@ -126,3 +138,107 @@ def test_feedback_reader_unwraps():
     a, b = fb.arrivals
     assert b.arrival_ms - a.arrival_ms == pytest.approx(1.5)  # across the 2**32 us wrap
     assert a.send_ms == 65535.0 and a.wire_bytes == 60
+
+
+def _acked(c, seqs, owd=50.0, size=100, step=80.0):
+    """Send ``seqs`` every ``step`` ms and return a report acknowledging all of them."""
+    for s in seqs:
+        c.on_sent(s, s * step, size)
+    arr = tuple(PacketArrival(s, s * step, s * step + owd, size) for s in seqs)
+    return Feedback(arr, seqs[-1], 0), seqs[-1] * step + owd + 10.0
+
+
+def test_measured_loss_turns_redundancy_on(options):
+    c = AdaptiveController(options, start_rate_bps=2000.0)
+    fb, now = _acked(c, list(range(10)))
+    d = c.update(fb, now)
+    assert c.loss == 0.0 and d.redundancy == 0  # a tight budget buys levels, not copies
+    # One packet of the next ten missing: loss estimate 0.1 (1 - 0.98**10) > PROTECT_LOSS.
+    for s in range(10, 20):
+        c.on_sent(s, s * 80.0, 100)
+    got = tuple(PacketArrival(s, s * 80.0, s * 80.0 + 50.0, 100) for s in range(10, 20) if s != 13)
+    d = c.update(Feedback(got, 19, 1), 19 * 80.0 + 60.0)
+    assert c.loss == pytest.approx(0.1 * (1 - (1 - C.LOSS_ALPHA) ** 10))
+    assert c.loss >= C.PROTECT_LOSS and d.redundancy >= 1
+    assert options.find(d.levels, d.frames_per_packet, d.redundancy).wire_bps <= max(
+        c.rate_bps, min(o.wire_bps for o in options.options if o.redundancy >= 1)
+    )
+
+
+def test_a_growing_queue_is_congestion_even_when_rates_match(options):
+    c = AdaptiveController(options, start_rate_bps=4000.0)
+    fb, now = _acked(c, list(range(5)))
+    c.update(fb, now)
+    # A queue over QDELAY_HIGH_MS (under QDELAY_SEVERE_MS) that stays without growing,
+    # with everything sent arriving: not congestion.
+    seq = 5
+    for _ in range(C.PERSIST_REPORTS + 1):
+        fb, now = _acked(c, [seq, seq + 1], owd=120.0)
+        seq += 2
+        c.update(fb, now)
+        assert c.qdelay_ms == pytest.approx(70.0) and c.state is ControllerState.STARTUP
+    # Growing by 5 ms a report: congestion on the PERSIST_REPORTS-th report, not before.
+    for k in range(1, C.PERSIST_REPORTS + 1):
+        fb, now = _acked(c, [seq, seq + 1], owd=120.0 + 5 * k)
+        seq += 2
+        before = c.rate_bps
+        c.update(fb, now)
+        assert c.qdelay_ms == pytest.approx(70.0 + 5 * k)
+        if k < C.PERSIST_REPORTS:
+            assert c.state is ControllerState.STARTUP
+    assert c.state is ControllerState.DECREASE
+    assert c.ceiling_bps == pytest.approx(c.receive_rate_bps)
+    assert c.rate_bps == pytest.approx(min(before, C.BACKOFF * c.receive_rate_bps))
+
+
+def test_serialisation_of_a_bigger_packet_is_not_queuing(options):
+    c = AdaptiveController(options, start_rate_bps=4000.0)
+    c.on_sent(0, 0.0, 60)
+    c.update(Feedback((PacketArrival(0, 0.0, 50.0, 60),), 0, 0), 60.0)
+    # 100 bytes more take 100 * 8000 / 1760 ms at the receive rate ((60 + 160) * 8 bit/s).
+    extra = 100 * 8000.0 / 1760.0
+    c.on_sent(1, 80.0, 160)
+    c.update(Feedback((PacketArrival(1, 80.0, 80.0 + 50.0 + extra + 10.0, 160),), 1, 0), 700.0)
+    assert c.receive_rate_bps == pytest.approx(1760.0)
+    assert c.qdelay_ms == pytest.approx(10.0)
+
+
+def test_rate_resumes_after_a_stall(options):
+    c = AdaptiveController(options, start_rate_bps=8000.0)
+    c.on_sent(0, 0.0, 100)
+    c.update(Feedback(arrivals([0]), 0, 0), 100.0)  # acks take 100 ms
+    c.on_sent(1, 200.0, 100)
+    r0 = c.rate_bps
+    # An outage: nothing acknowledged for seconds; a cut every DECREASE_GAP_MS.
+    t = stall_time(c, 200.0, 100.0, 100.0) + 10.0
+    times = [t + k * C.DECREASE_GAP_MS for k in range(4)]
+    pauses = [c.update(None, now).pause for now in times]
+    assert c.state is ControllerState.DECREASE
+    assert c.rate_bps == pytest.approx(max(C.BACKOFF**4 * r0, options.cheapest.wire_bps))
+    # Frames are dropped unsent, but for a probe once STALL_PROBE_MS passed since a send
+    # (none is sent here: the last was packet 1 at 200 ms).
+    assert pauses == [now - 200.0 < C.STALL_PROBE_MS for now in times]
+    # Packet 1 is acknowledged with no queuing delay: the rate comes back to
+    # RESUME_FRACTION of what it was (same instant: no growth on top).
+    c.update(Feedback(arrivals([1]), 1, 0), t + 3 * C.DECREASE_GAP_MS)
+    assert c.rate_bps == pytest.approx(C.RESUME_FRACTION * r0)
+
+
+def test_growth_past_the_last_congestion_is_additive(options):
+    def grown(ceiling):
+        c = AdaptiveController(options, start_rate_bps=5000.0)
+        c.state = ControllerState.INCREASE
+        c.ceiling_bps = ceiling
+        for s in range(10):  # 8000 bit/s sent in the last second: the probe cap is far
+            c.on_sent(s, 1000.0 + 80.0 * s, 100)
+        c.update(None, 1000.0)
+        c.update(None, 2000.0)
+        return c.rate_bps
+
+    assert grown(5000.0) == pytest.approx(5000.0 + C.ADDITIVE_BPS_PER_S)
+    assert grown(math.inf) == pytest.approx(5000.0 * (1 + C.STARTUP_GAIN_PER_S))
+
+
+def test_silent_frames_are_not_sent(options):
+    d = AdaptiveController(options).update(None, 0.0)
+    assert d.silence_levels == 0 == C.SILENCE_LEVELS

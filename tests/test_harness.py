@@ -178,3 +178,21 @@ def test_cli_writes_json_and_report(clip_set, tmp_path, capsys):
     assert "Codec 2 700C" in capsys.readouterr().out
     assert (report / "index.html").is_file() and (report / "clips" / "a__reference.wav").is_file()
     assert main(["eval", str(clip_set / "missing")]) == 2  # a clean MimirateError
+
+
+def test_cli_entropy_finds_the_packaged_table_by_weights_hash(monkeypatch, tmp_path):
+    from mimirate.bitstream import entropy
+    from mimirate.cli.eval import _entropy_table_path
+    from mimirate.errors import ConfigError
+    from mimirate.models.loading import load_codec
+
+    monkeypatch.setattr(entropy, "ASSETS", tmp_path)
+    with pytest.raises(ConfigError, match="entropy-fit"):
+        _entropy_table_path("auto", "tiny", random_init=True)
+    codec = load_codec("tiny", random_init=True)
+    path = tmp_path / "tiny" / f"entropy-{codec.weights_hash.hex()}.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    assert _entropy_table_path("auto", "tiny", random_init=True) == str(path)
+    assert _entropy_table_path("given.safetensors", "tiny") == "given.safetensors"
+    assert _entropy_table_path(None, "tiny") is None

@@ -134,3 +134,34 @@ def test_bad_codes_are_format_errors(codec: MimiCodec) -> None:
             codec.decode(good, levels)
     with pytest.raises(ValueError):  # FormatError is a ValueError
         codec.stream_decoder().push(np.full((1, 1), 9999))
+
+
+def test_stream_batches_equal_streams_pushed_alone(codec: MimiCodec) -> None:
+    # Three sessions that joined at different frames, one with two channels, decoding
+    # different numbers of levels: one batched call a frame equals each stream alone.
+    audio = _audio(4, 6 * FS)
+    alone_enc = [codec.stream_encoder() for _ in range(3)]
+    alone_dec = [codec.stream_decoder() for _ in range(3)]
+    encs = [codec.stream_encoder() for _ in range(3)]
+    decs = [codec.stream_decoder() for _ in range(3)]
+    inputs = [audio[0], audio[1:3], audio[3]]
+    starts, keep = [0, 1, 3], [3, 8, codec.num_levels]
+    for t in range(6):
+        live = [i for i in range(3) if starts[i] <= t]
+        chunks = [inputs[i][..., (t - starts[i]) * FS : (t - starts[i] + 1) * FS] for i in live]
+        got = codec.encode_streams([encs[i] for i in live], chunks)
+        want = [alone_enc[i].push(c) for i, c in zip(live, chunks, strict=True)]
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(g.codes, w.codes) and g.num_samples == w.num_samples
+        codes = [w.codes[..., : keep[i], :] for i, w in zip(live, want, strict=True)]
+        if t == 4:  # one stream pushed alone between batched steps (its state is shared)
+            pcm = [decs[0].push(codes[0])]
+            pcm += codec.decode_streams([decs[i] for i in live[1:]], codes[1:])
+        else:
+            pcm = codec.decode_streams([decs[i] for i in live], codes)
+        ref = [alone_dec[i].push(c) for i, c in zip(live, codes, strict=True)]
+        for g, r in zip(pcm, ref, strict=True):
+            assert g.shape == r.shape and np.allclose(g, r, atol=1e-5)
+    with pytest.raises(FormatError):
+        codec.decode_streams([decs[0], decs[0]], [codes[0], codes[0]])
+    assert codec.encode_streams([encs[0]], [audio[0, :10]])[0].num_frames == 0

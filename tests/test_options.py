@@ -39,3 +39,29 @@ def test_best_respects_the_budget(table):
         o = opts.best(rate, 0.0, 50.0)
         assert o.wire_bps <= rate
     assert opts.best(10.0, 0.0, 0.0) is opts.cheapest
+
+
+def test_level_ladder_and_redundancy_floor(table):
+    from mimirate.ratecontrol.options import LEVEL_LADDER, level_ladder
+
+    assert level_ladder(32) == LEVEL_LADDER
+    assert level_ladder(10) == (1, 2, 3, 4, 6, 8, 10)
+    assert level_ladder(1) == (1,)
+    opts = OptionTable(WireSizer(), table)
+    assert set(opts.levels.tolist()) == set(range(1, 33))
+    # With a floor of one redundant level, the best option carries redundancy; under a
+    # budget nothing fits, it is the cheapest option that does.
+    o = opts.best(6000.0, 0.0, 50.0, min_redundancy=1)
+    assert o.redundancy >= 1 and o.wire_bps <= 6000.0
+    c = opts.best(10.0, 0.0, 0.0, min_redundancy=1)
+    with_red = [x for x in opts.options if x.redundancy >= 1]
+    assert c.redundancy >= 1 and c.wire_bps == min(x.wire_bps for x in with_red)
+
+
+def test_allowed_narrows_the_choice_while_something_fits(table):
+    opts = OptionTable(WireSizer(), table)
+    single = opts.fpp == 1
+    o = opts.best(6000.0, 0.0, 50.0, allowed=single)
+    assert o.frames_per_packet == 1 and o.wire_bps <= 6000.0
+    # Nothing of one frame a packet fits 1500 bit/s: the mask is set aside.
+    assert opts.best(1500.0, 0.0, 50.0, allowed=single) == opts.best(1500.0, 0.0, 50.0)

@@ -370,3 +370,28 @@ def _recv(s: socket.socket) -> bytes | None:
         return s.recv(2048)
     except BlockingIOError:
         return None
+
+
+def test_browser_listeners_are_decoded_in_one_call_a_frame(codec, wav) -> None:
+    async def listen(http, base, cap, frames):
+        async with http.ws_connect(f"{base}/ws/broadcast", headers={"Origin": base}) as ws:
+            await ws.receive_json(timeout=5)
+            await ws.send_json({"type": "cap", "levels": cap})
+            got = 0
+            while got < frames:
+                msg = await ws.receive(timeout=5)
+                got += msg.type == aiohttp.WSMsgType.BINARY
+
+    async def run():
+        async with (
+            MimirateServer(config(broadcast=str(wav)), codec) as srv,
+            aiohttp.ClientSession() as http,
+        ):
+            base = f"http://127.0.0.1:{srv.http_port}"
+            await asyncio.gather(*(listen(http, base, cap, 8) for cap in (1, 4, 8)))
+            return srv.streams.stats
+
+    stats = asyncio.run(run())
+    # Three listeners with their own caps (and the broadcast encoder on its own queue):
+    # once all have joined, a frame's three decodes go through one batched call.
+    assert stats.largest == 3 and stats.calls < stats.pushes

@@ -126,3 +126,28 @@ def test_adaptive_pauses_into_an_outage(table):
     assert (f.sent_levels[outage] > 0).all()
     after = slice(int(8.0 / 0.08), None)  # a second after the outage
     assert (a.qoe.played_levels[after] > 0).mean() > (f.qoe.played_levels[after] > 0).mean()
+
+
+def test_silent_frames_are_not_sent_with_dtx(table):
+    from mimirate.ratecontrol.controller import Decision
+
+    class Dtx:
+        name = "dtx"
+
+        def on_sent(self, seq, send_ms, wire_bytes):
+            pass
+
+        def update(self, feedback, now_ms):
+            return Decision(8, 2, 0, 0)
+
+    speech = np.ones(16, bool)
+    speech[5:10] = False
+    r = simulate(constant_trace(64_000.0), Dtx(), table, duration_s=1.28, activity=speech)
+    # Frame 4 waits for frame 5, which is silent: it goes alone, at once.
+    assert r.packets.frames.tolist() == [2, 2, 1, 2, 2, 2]
+    assert (r.sent_levels[5:10] == 0).all() and (r.qoe.played_levels[~speech] == 0).all()
+    assert r.lost_frac == 0.0 and r.late_frac == 0.0  # silent frames are not counted
+    fixed = simulate(
+        constant_trace(64_000.0), FixedController(8), table, duration_s=1.28, activity=speech
+    )
+    assert fixed.packets.frames.sum() == 16  # no DTX: silence goes at the fixed levels

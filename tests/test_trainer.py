@@ -37,7 +37,6 @@ def test_loss_falls_on_a_repeated_clip(tmp_path: Path) -> None:
     cfg = _config(
         steps=16,
         lr=1e-3,
-        codebook_reset_steps=(),
         gain_db=(0.0, 0.0),
         noise_probability=0.0,
         quantize_probability=0.0,
@@ -49,9 +48,11 @@ def test_loss_falls_on_a_repeated_clip(tmp_path: Path) -> None:
 
 
 def test_resume_gives_identical_steps(tmp_path: Path) -> None:
-    # Crosses a codebook reset (step 1), quantized and continuous steps, and the
+    # Crosses the codebook fit (step 1), quantized and continuous steps, and the
     # discriminator's start (step 3), so every piece of state must come back.
-    cfg = _config(steps=5, adversarial_start=3, codebook_reset_steps=(1,), disc_ffts=(256,))
+    cfg = _config(
+        steps=5, adversarial_start=3, quantize_start=1, kmeans_frames=64, disc_ffts=(256,)
+    )
     clips = [
         _clip(),
         Clip("noise", 0.05 * np.random.default_rng(0).standard_normal(30_000).astype(np.float32)),
@@ -76,14 +77,16 @@ def test_resume_gives_identical_steps(tmp_path: Path) -> None:
 
 
 def test_run_writes_log_checkpoint_and_best(tmp_path: Path) -> None:
-    cfg = _config(steps=2, validate_every=2, holdout_clips=1)
+    cfg = _config(steps=4, validate_every=2, holdout_clips=1, quantize_start=2, kmeans_frames=16)
     clips = [_clip(), _clip(0.5)]
     trainer = Trainer(cfg, clips[:1], clips[1:], tmp_path, progress=False)
     trainer.run()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert len(rows[0]["perplexity"]) == 32
-    assert "val_mel_8" in rows[1] and "val_mel_32" in rows[1]
+    # Before the codebooks are fitted only the continuous path is judged.
+    assert "val_mel_continuous" in rows[1] and "val_mel_8" not in rows[1]
+    assert "val_mel_8" in rows[3] and "val_mel_32" in rows[3]
     assert (tmp_path / "checkpoint" / "state.json").is_file()
     assert (tmp_path / "best" / "state.json").is_file()
 
@@ -109,3 +112,47 @@ def test_config_round_trip_and_validation() -> None:
         TrainConfig(adversarial_loss="wgan")
     with pytest.raises(ValueError):
         TrainConfig(model="nope")
+
+
+def test_latent_scale_penalty_wants_input_dependent_unit_variance(tmp_path: Path) -> None:
+    import torch
+
+    trainer = Trainer(_config(steps=1), [_clip()], [], tmp_path, progress=False)
+    dim = trainer.model_config.seanet.dimension
+    torch.manual_seed(0)
+    constant = torch.full((4, dim, 10), 3.0)  # large mean square, no variation
+    varying = torch.randn(4, dim, 10)
+    for rvq in (trainer.model.quantizer.rvq_first, trainer.model.quantizer.rvq_rest):
+        # An orthonormal-ish projection keeps unit variance at unit variance.
+        torch.nn.init.orthogonal_(rvq.input_proj.weight[:, :, 0])
+    assert float(trainer._latent_scale_penalty(constant)) > 100
+    assert float(trainer._latent_scale_penalty(varying)) < 0.1
+    assert float(trainer._latent_scale_penalty(10 * varying)) > 10
+
+
+def test_codebook_fit_at_quantize_start(tmp_path: Path) -> None:
+    cfg = _config(steps=2, quantize_start=1, kmeans_frames=40, quantize_probability=1.0)
+    clips = [_clip(), Clip("noise", 0.05 * np.random.default_rng(1).standard_normal(30_000))]
+    trainer = Trainer(cfg, clips, [], tmp_path, progress=False)
+    first = trainer.train_step()
+    assert not first.quantized  # continuous until quantize_start
+    second = trainer.train_step()
+    assert second.quantized
+    # Fitted on 40 frames from several batches: far more codes in use than one
+    # two-frame batch could give.
+    assert second.perplexity[0] > 1.5
+
+
+def test_training_starts_from_an_input_dependent_latent(tmp_path: Path) -> None:
+    import torch
+
+    trainer = Trainer(_config(steps=1), [_clip()], [], tmp_path, progress=False)
+    m = trainer.model.eval()
+    x = torch.from_numpy(np.stack([_clip(0.32).samples] * 2))[:, None] * 0.5
+    with torch.no_grad():
+        a = m.encode_latent_step(x, m.init_encoder_state(2))
+        b = m.encode_latent_step(torch.zeros_like(x), m.init_encoder_state(2))
+    signal = float((a - b).pow(2).mean().sqrt())
+    total = float(a.pow(2).mean().sqrt())
+    # PyTorch's default init gives ~4 % here (the biases dominate); unit gain gives ~100 %.
+    assert signal > 0.5 * total

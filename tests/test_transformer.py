@@ -100,3 +100,25 @@ def test_latent_transformer_uses_conv_layout_and_checkpoint_names() -> None:
     assert "transformer.layers.0.self_attn.in_proj_weight" in keys
     assert "transformer.layers.1.layer_scale_2.scale" in keys
     assert model(torch.randn(1, CFG.d_model, 5)).shape == (1, CFG.d_model, 5)
+
+
+def test_streams_at_different_positions_step_together() -> None:
+    # Two streams that started 5 steps apart (context 6, so the ring wraps), stacked
+    # along the batch, give each stream's own result.
+    from mimirate.models.streaming import stack_states, unstack_states
+
+    model = _model()
+    x = torch.randn(2, 14, CFG.d_model)
+    with torch.no_grad():
+        alone = [model(x[i : i + 1]) for i in range(2)]
+        a, b = model.init_state(1), model.init_state(1)
+        model(x[:1, :5], a)
+        outs = []
+        for t in range(9):
+            stacked = stack_states([a, b])
+            outs.append(model(torch.stack([x[0, 5 + t], x[1, t]])[:, None], stacked))
+            unstack_states(stacked, [a, b])
+        out = torch.cat(outs, dim=1)
+    assert a.offset == 14 and b.offset == 9
+    assert torch.allclose(out[0], alone[0][0, 5:], atol=1e-5)
+    assert torch.allclose(out[1], alone[1][0, :9], atol=1e-5)

@@ -10,6 +10,7 @@ kept. ``K`` is the number of levels, ``T`` the number of frames, ``N`` samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -93,3 +94,28 @@ class Codec(Protocol):
     def stream_encoder(self) -> StreamEncoder: ...
 
     def stream_decoder(self) -> StreamDecoder: ...
+
+    def encode_streams(
+        self, encoders: Sequence[StreamEncoder], audio: Sequence[np.ndarray]
+    ) -> list[Encoded]:
+        """Push ``audio[i]`` into ``encoders[i]`` (streams of this codec) for every ``i``.
+
+        Equal, within float tolerance, to ``[e.push(a) for e, a in zip(encoders, audio)]``,
+        but streams that advance by the same number of frames share one model call: a
+        server serving many sessions steps them all at once each frame. Each encoder may
+        appear once.
+        """
+        ...
+
+    def decode_streams(
+        self,
+        decoders: Sequence[StreamDecoder],
+        codes: Sequence[np.ndarray],
+        levels: Sequence[np.ndarray | None] | None = None,
+    ) -> list[np.ndarray]:
+        """Push ``codes[i]`` (``[..., K_i, T]``, ``levels[i]`` as in ``push``) into ``decoders[i]``.
+
+        Equal, within float tolerance, to pushing each stream on its own; streams with the
+        same ``T`` share one model call whatever their ``K_i``. Each decoder may appear once.
+        """
+        ...

@@ -103,7 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _entropy_table_path(spec: str | None, model: str | None) -> str | None:
+def _entropy_table_path(
+    spec: str | None, model: str | None, random_init: bool = False
+) -> str | None:
     from mimirate.errors import ConfigError
 
     if spec is None:
@@ -119,7 +121,11 @@ def _entropy_table_path(spec: str | None, model: str | None) -> str | None:
         raise ConfigError(
             f"no packaged entropy table for {model!r}; pass the table file: --entropy TABLE"
         )
-    path = table_path(model)
+    from mimirate.models.loading import load_codec
+
+    # Tables are kept per weights hash, so the packaged weights name theirs.
+    codec = load_codec(model, random_init=random_init)
+    path = table_path(model, codec.weights_hash)
     if not path.is_file():
         raise ConfigError(
             f"no entropy table for model {model!r} ({path}); fit one with "
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         levels=args.levels,
         adaptive_kbps=args.adaptive,
         baselines=baselines,
-        entropy_table=_entropy_table_path(args.entropy, model),
+        entropy_table=_entropy_table_path(args.entropy, model, args.random_init),
         jobs=args.jobs,
         clip_dir=str(report_dir / "clips") if report_dir else None,
         device=args.device,

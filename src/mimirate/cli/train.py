@@ -23,7 +23,15 @@ REPO_DEFAULT_BUNDLE = Path("training/bundle")
 SHARED_SPEECH = Path("../shared/data/speech")
 
 #: Flags that may differ from the checkpoint's configuration when resuming.
-_RESUME_OVERRIDES = ("steps", "adversarial_start", "checkpoint_seconds", "guard_warmup")
+_RESUME_OVERRIDES = (
+    "steps",
+    "adversarial_start",
+    "checkpoint_seconds",
+    "guard_warmup",
+    "quantize_start",
+    "kmeans_frames",
+    "freeze_encoder",
+)
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +49,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--segment-seconds", type=float, default=None, help="crop length (default 1)")
     p.add_argument("--lr", type=float, default=None, help="generator learning rate")
     p.add_argument("--adversarial-start", type=int, default=None, help="step the GAN starts")
+    p.add_argument(
+        "--quantize-start",
+        type=int,
+        default=None,
+        help="continuous autoencoder until this step, then k-means codebooks (default 1000)",
+    )
+    p.add_argument(
+        "--kmeans-frames", type=int, default=None, help="latent frames for the codebook fit"
+    )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        default=None,
+        help="keep training the encoder after the codebook fit (default: frozen)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--guard-warmup", type=int, default=None, help="steps before the guard acts")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -124,6 +147,9 @@ def _train(args: argparse.Namespace) -> int:
         "segment_seconds": args.segment_seconds,
         "lr": args.lr,
         "adversarial_start": args.adversarial_start,
+        "quantize_start": args.quantize_start,
+        "kmeans_frames": args.kmeans_frames,
+        "freeze_encoder": None if args.joint is None else not args.joint,
         "seed": args.seed,
         "guard_warmup": args.guard_warmup,
         "checkpoint_seconds": None

@@ -203,9 +203,10 @@ class MimiModel(nn.Module):
 
         ``levels``: per-frame level counts ``[B, T]`` in ``1..n_q`` (quantizer dropout),
         one count for all frames, or ``None`` for all levels. ``quantize=False`` decodes
-        the continuous latent instead (the quantizer still runs, so codebooks still learn
-        and the commitment loss is still defined). Same function as ``encode``/``decode``
-        streaming from a fresh state.
+        the latent through the quantizer's projections without quantizing it (the same
+        bottleneck, so continuous steps train the path quantized steps use); the quantizer
+        still runs, so codebooks still learn and the commitment loss is still defined.
+        Same function as ``encode``/``decode`` streaming from a fresh state.
         """
         B, _, N = x.shape
         frames = -(-N // self.frame_size)
@@ -220,6 +221,6 @@ class MimiModel(nn.Module):
         if bool(((levels < 1) | (levels > self.num_levels)).any()):
             raise ValueError(f"levels must be in 1..{self.num_levels}")
         q = self.quantizer(latent, levels)
-        decoded = q.quantized if quantize else latent
+        decoded = q.quantized if quantize else q.continuous
         audio = self.decode_latent_step(decoded, self.init_decoder_state(B))
         return MimiOutput(audio[..., :N], q.codes, q.commitment_loss, q.perplexity, latent)

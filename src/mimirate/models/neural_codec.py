@@ -7,6 +7,11 @@ can share one model.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -14,6 +19,17 @@ from mimirate.codec import Encoded
 from mimirate.config import MimiConfig
 from mimirate.errors import AudioError, FormatError
 from mimirate.models.mimi import DecoderState, EncoderState, MimiModel
+from mimirate.models.streaming import (
+    batch_size_of,
+    phase_key,
+    stack_states,
+    state_views,
+    unstack_states,
+)
+
+#: Stacked states kept for reuse by ``encode_streams``/``decode_streams`` (the groups of
+#: streams that stepped together most recently).
+STACK_CACHE_GROUPS = 8
 
 
 def _as_audio(audio: object) -> np.ndarray:
@@ -46,6 +62,8 @@ class MimiCodec:
         self.num_levels = config.quantizer.n_q
         self.bits_per_code = config.quantizer.bits_per_code
         self.weights_hash = bytes(weights_hash)
+        self._stacks: OrderedDict[tuple[int, ...], tuple[Any, list[Any]]] = OrderedDict()
+        self._stacks_lock = threading.Lock()
 
     # -- validation shared with the streams -------------------------------------------
 
@@ -137,6 +155,126 @@ class MimiCodec:
             audio = self.model.decode(ct, None if lt is None else lt.to(self.device))
         return audio[:, 0].float().cpu().numpy().reshape(*lead, T * self.frame_size)
 
+    def encode_streams(
+        self, encoders: Sequence[MimiStreamEncoder], audio: Sequence[np.ndarray]
+    ) -> list[Encoded]:
+        """``[e.push(a) for e, a in zip(encoders, audio)]``, batched across the streams.
+
+        Streams whose pushes complete the same number of frames (and that are past their
+        first frame, or all at it) are stacked and run as one model step.
+        """
+        if len(encoders) != len(audio):
+            raise AudioError(f"{len(encoders)} encoders but {len(audio)} audio chunks")
+        if len({id(e) for e in encoders}) != len(encoders):
+            raise AudioError("each stream encoder may appear once per call")
+        out: list[Encoded | None] = [None] * len(encoders)
+        groups: dict[tuple[object, ...], list[tuple[int, np.ndarray]]] = {}
+        for i, (enc, a) in enumerate(zip(encoders, audio, strict=True)):
+            if enc.codec is not self:
+                raise AudioError("encode_streams takes stream encoders of this codec only")
+            frames = enc._take_frames(a)
+            if frames.shape[-1] == 0 or frames.shape[0] == 0:
+                out[i] = enc._empty(0)
+                continue
+            key = (frames.shape[-1], enc.levels, phase_key(enc._state))
+            groups.setdefault(key, []).append((i, frames))
+        for (_, levels, key), members in groups.items():
+            streams = [encoders[i] for i, _ in members]
+            stacked = self._group_state(streams, key)
+            enc = self._encode_frames(np.concatenate([f for _, f in members]), levels, stacked)
+            self._after_group_step(streams, stacked, key)
+            row = 0
+            for i, frames in members:
+                rows = slice(row, row + frames.shape[0])
+                row += frames.shape[0]
+                part = Encoded(enc.codes[rows], enc.latent_error[rows], frames.shape[-1])
+                out[i] = encoders[i]._reshape(part)
+        return [e for e in out if e is not None]
+
+    def decode_streams(
+        self,
+        decoders: Sequence[MimiStreamDecoder],
+        codes: Sequence[np.ndarray],
+        levels: Sequence[np.ndarray | None] | None = None,
+    ) -> list[np.ndarray]:
+        """``[d.push(c, lv) for d, c, lv in zip(decoders, codes, levels)]``, batched.
+
+        Streams pushing the same number of frames (in the same phase) run as one model
+        step; their codes may have different numbers of levels.
+        """
+        lvs = [None] * len(decoders) if levels is None else list(levels)
+        if not len(decoders) == len(codes) == len(lvs):
+            raise FormatError(f"{len(decoders)} decoders, {len(codes)} codes, {len(lvs)} levels")
+        if len({id(d) for d in decoders}) != len(decoders):
+            raise FormatError("each stream decoder may appear once per call")
+        out: list[np.ndarray | None] = [None] * len(decoders)
+        groups: dict[tuple[object, ...], list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for i, (dec, c, lv) in enumerate(zip(decoders, codes, lvs, strict=True)):
+            if dec.codec is not self:
+                raise FormatError("decode_streams takes stream decoders of this codec only")
+            c3, lv2 = dec._prepare(c, lv)
+            B, K, T = c3.shape
+            if T == 0 or B == 0:
+                out[i] = np.zeros((*(dec._lead or ()), 0), np.float32)
+                continue
+            full = np.full((B, T), K, np.int64) if lv2 is None else lv2.astype(np.int64)
+            groups.setdefault((T, phase_key(dec._state)), []).append((i, c3, full))
+        for (T, key), members in groups.items():
+            K = max(c.shape[1] for _, c, _ in members)
+            padded = np.zeros((sum(c.shape[0] for _, c, _ in members), K, T), np.int64)
+            row = 0
+            for _, c, _ in members:
+                padded[row : row + c.shape[0], : c.shape[1]] = c
+                row += c.shape[0]
+            lv_all = np.concatenate([lv for _, _, lv in members])
+            streams = [decoders[i] for i, _, _ in members]
+            stacked = self._group_state(streams, key)
+            audio = self._decode_frames(padded, lv_all, stacked)
+            self._after_group_step(streams, stacked, key)
+            row = 0
+            for i, c, _ in members:
+                part = audio[row : row + c.shape[0]]
+                row += c.shape[0]
+                out[i] = part.reshape(*(decoders[i]._lead or ()), T * self.frame_size)
+        return [a for a in out if a is not None]
+
+    def _group_state(
+        self, streams: Sequence[MimiStreamEncoder | MimiStreamDecoder], key: tuple[Any, ...]
+    ) -> Any:
+        """One state that steps ``streams`` (all in phase ``key``) together.
+
+        The streams' own states become row views of it, so when the same streams step
+        together again (a server's steady state) it is reused as is: no copies per step.
+        """
+        states = [s._state for s in streams]
+        if len(states) == 1:
+            return states[0]
+        with self._stacks_lock:
+            hit = self._stacks.get(tuple(id(x) for x in states))
+        if (
+            hit is not None
+            and all(a is b for a, b in zip(hit[1], states, strict=True))
+            and phase_key(hit[0]) == key
+        ):
+            return hit[0]
+        stacked = stack_states(states)
+        views = state_views(stacked, [batch_size_of(x) for x in states])
+        for stream, view in zip(streams, views, strict=True):
+            stream._state = view
+        with self._stacks_lock:
+            self._stacks[tuple(id(v) for v in views)] = (stacked, views)
+            while len(self._stacks) > STACK_CACHE_GROUPS:
+                self._stacks.popitem(last=False)
+        return stacked
+
+    def _after_group_step(
+        self, streams: Sequence[MimiStreamEncoder | MimiStreamDecoder], stacked: Any, key: Any
+    ) -> None:
+        # Tensors were updated in place through the views; flags (a stream's first step)
+        # live in each view's own objects and are copied when they changed.
+        if len(streams) > 1 and phase_key(stacked) != key:
+            unstack_states(stacked, [s._state for s in streams])
+
     def stream_encoder(self) -> MimiStreamEncoder:
         return MimiStreamEncoder(self)
 
@@ -172,6 +310,14 @@ class MimiStreamEncoder:
 
     def push(self, audio: np.ndarray) -> Encoded:
         """Feed ``[..., n]`` samples; return the frames completed (maybe none)."""
+        frames = self._take_frames(audio)
+        if frames.shape[-1] == 0 or frames.shape[0] == 0:
+            return self._empty(0)
+        assert self._state is not None
+        return self._reshape(self.codec._encode_frames(frames, self.levels, self._state))
+
+    def _take_frames(self, audio: np.ndarray) -> np.ndarray:
+        """Buffer ``audio``; take the whole frames buffered, ``[B, n * frame_size]``."""
         a = _as_audio(audio)
         lead = a.shape[:-1]
         if self._lead is None:
@@ -185,11 +331,8 @@ class MimiStreamEncoder:
         )
         fs = self.codec.frame_size
         whole = self._buffer.shape[-1] // fs * fs
-        if whole == 0 or self._buffer.shape[0] == 0:
-            return self._empty(0)
         frames, self._buffer = self._buffer[:, :whole], self._buffer[:, whole:]
-        assert self._state is not None
-        return self._reshape(self.codec._encode_frames(frames, self.levels, self._state))
+        return frames
 
     def flush(self) -> Encoded:
         """Zero-pad the buffered remainder to one frame and encode it (no frame if none)."""
@@ -214,6 +357,19 @@ class MimiStreamDecoder:
 
     def push(self, codes: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
         """Decode ``[..., K, T]`` codes (``levels [..., T]`` optional) to ``[..., T * frame]``."""
+        c, lv = self._prepare(codes, levels)
+        lead = self._lead or ()
+        B, _, T = c.shape
+        if T == 0 or B == 0:
+            return np.zeros((*lead, 0), np.float32)
+        assert self._state is not None
+        audio = self.codec._decode_frames(c, lv, self._state)
+        return audio.reshape(*lead, T * self.codec.frame_size)
+
+    def _prepare(
+        self, codes: np.ndarray, levels: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Check a push; fix the batch shape on the first. ``codes [B, K, T]``, ``[B, T]``."""
         c, lv = self.codec._check_codes(codes, levels)
         lead, (K, T) = c.shape[:-2], c.shape[-2:]
         if self._lead is None:
@@ -222,10 +378,4 @@ class MimiStreamDecoder:
         elif lead != self._lead:
             raise FormatError(f"this stream has batch shape {self._lead}, got {lead}")
         B = int(np.prod(lead))
-        if T == 0 or B == 0:
-            return np.zeros((*lead, 0), np.float32)
-        assert self._state is not None
-        audio = self.codec._decode_frames(
-            c.reshape(B, K, T), None if lv is None else lv.reshape(B, T), self._state
-        )
-        return audio.reshape(*lead, T * self.codec.frame_size)
+        return c.reshape(B, K, T), None if lv is None else lv.reshape(B, T)

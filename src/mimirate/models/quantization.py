@@ -29,6 +29,11 @@ REPLACED_USAGE_RATIO = 1.0
 KMEANS_ITERS = 50
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place version counter, or None for an inference-mode tensor (it has none)."""
+    return None if t.is_inference() else t._version
+
+
 def _sample_rows(samples: torch.Tensor, num: int) -> torch.Tensor:
     n = samples.shape[0]
     if n >= num:
@@ -38,11 +43,13 @@ def _sample_rows(samples: torch.Tensor, num: int) -> torch.Tensor:
     return samples[idx]
 
 
-def _kmeans(samples: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kmeans(
+    samples: torch.Tensor, k: int, iters: int = KMEANS_ITERS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids ``[k, D]`` and counts ``[k]`` of ``samples [N, D]``; empty clusters resampled."""
     means = _sample_rows(samples, k)
     counts = torch.ones(k, device=samples.device)
-    for _ in range(KMEANS_ITERS):
+    for _ in range(iters):
         assign = torch.cdist(samples[None], means[None])[0].argmin(-1)
         counts = torch.bincount(assign, minlength=k).to(samples.dtype)
         sums = torch.zeros_like(means).index_add_(0, assign, samples)
@@ -68,7 +75,7 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("embedding_sum", torch.zeros(bins, dim))
         self._steps_to_check = CHECK_UNUSED_EVERY
         self._cache_key: tuple[object, ...] | None = None
-        self._init_key: tuple[int, int] | None = None
+        self._init_key: tuple[int | None, int] | None = None
         self._init_value = False
         self._centroids = torch.empty(0)
         self._search = torch.empty(0)
@@ -77,8 +84,9 @@ class EuclideanCodebook(nn.Module):
     def initialized(self) -> bool:
         # Cached on the buffer's version: reading it is a device sync on a GPU.
         flag = self._initialized
-        key = (flag._version, flag.data_ptr())
-        if key != self._init_key:
+        version = _version(flag)
+        key = (version, flag.data_ptr())
+        if key != self._init_key or version is None:
             self._init_value = bool(flag.item())
             self._init_key = key
         return self._init_value
@@ -87,13 +95,14 @@ class EuclideanCodebook(nn.Module):
         # Recompute the centroids only when the buffers changed (EMA step, load, move).
         s, u = self.embedding_sum, self.cluster_usage
         key = (
-            s._version,
-            u._version,
+            _version(s),
+            _version(u),
             s.data_ptr(),
             u.data_ptr(),
             torch.is_inference_mode_enabled(),
         )
-        if key == self._cache_key:
+        # Buffers made under torch.inference_mode have no version counter: no cache then.
+        if key == self._cache_key and None not in key:
             return
         with torch.no_grad():
             # cdist's own layout: distances come from [-2x, |x|^2, 1] . [c, 1, |c|^2].
@@ -129,9 +138,18 @@ class EuclideanCodebook(nn.Module):
         return F.embedding(codes, self.centroids)
 
     @torch.no_grad()
-    def init_from(self, samples: torch.Tensor) -> None:
-        """k-means initialisation from ``samples`` ``[N, dim]`` (first training batch)."""
-        means, counts = _kmeans(samples.float(), self.bins)
+    def init_from(
+        self, samples: torch.Tensor, iters: int = KMEANS_ITERS, usage_total: float | None = None
+    ) -> None:
+        """k-means initialisation from ``samples`` ``[N, dim]`` (``iters`` Lloyd steps).
+
+        ``usage_total`` rescales the counts to the total usage the EMA settles at (the
+        frames of one batch): fitted on many batches, the raw counts would outweigh
+        hundreds of EMA steps and keep the centroids from following the latent.
+        """
+        means, counts = _kmeans(samples.float(), self.bins, iters)
+        if usage_total is not None:
+            counts = counts * (usage_total / float(counts.sum()))
         self.embedding_sum.copy_(means * counts[:, None])
         self.cluster_usage.copy_(counts)
         self._initialized.fill_(1)
@@ -193,6 +211,8 @@ class RVQTrainOutput:
 
     Attributes:
         quantized: ``[B, C, T]`` projected reconstruction (straight-through gradients).
+        continuous: ``[B, C, T]`` the same path without quantization: the projected input
+            projected back (what the decoder sees on continuous steps).
         codes: ``[B, n, T]`` long.
         sq_error_sum: scalar, sum of squared commitment errors over active (level, frame).
         active_count: scalar, number of active (level, frame, channel) values.
@@ -200,6 +220,7 @@ class RVQTrainOutput:
     """
 
     quantized: torch.Tensor
+    continuous: torch.Tensor
     codes: torch.Tensor
     sq_error_sum: torch.Tensor
     active_count: torch.Tensor
@@ -256,6 +277,18 @@ class ResidualVectorQuantizer(nn.Module):
         assert quantized is not None
         return F.conv1d(quantized, self.output_proj.weight)
 
+    @torch.no_grad()
+    def fit(
+        self, latent: torch.Tensor, iters: int = KMEANS_ITERS, usage_total: float | None = None
+    ) -> None:
+        """Set every codebook by k-means on ``latent`` ``[N, C]`` (frames x channels),
+        level after level on the residual the levels before it leave."""
+        residual = F.linear(latent.float(), self.input_proj.weight[:, :, 0].float())
+        for j in range(self.n_levels):
+            book = self.codebook(j)
+            book.init_from(residual, iters, usage_total)
+            residual = residual - book.lookup(book.nearest(residual))
+
     def train_forward(self, latent: torch.Tensor, levels: torch.Tensor) -> RVQTrainOutput:
         """Quantize ``[B, C, T]`` using the first ``levels[b, t]`` levels (may be 0) per frame.
 
@@ -300,8 +333,14 @@ class ResidualVectorQuantizer(nn.Module):
         # Straight-through estimator: values of the codebook sum, gradients of identity.
         ste = (x + (total - x).detach()) * any_active
         quantized = F.conv1d(ste, self.output_proj.weight)
+        continuous = F.conv1d(x * any_active, self.output_proj.weight)
         return RVQTrainOutput(
-            quantized, torch.stack(codes, dim=1), sq_sum, count, torch.stack(perplexities)
+            quantized,
+            continuous,
+            torch.stack(codes, dim=1),
+            sq_sum,
+            count,
+            torch.stack(perplexities),
         )
 
 
@@ -316,10 +355,11 @@ class QuantizerEncoding:
 
 @dataclass(frozen=True)
 class QuantizerTrainOutput:
-    """``quantized [B, C, T]``, ``codes [B, n_q, T]``, scalar ``commitment_loss``,
-    ``perplexity [n_q]``."""
+    """``quantized [B, C, T]``, ``continuous [B, C, T]`` (the same projections without
+    quantization), ``codes [B, n_q, T]``, scalar ``commitment_loss``, ``perplexity [n_q]``."""
 
     quantized: torch.Tensor
+    continuous: torch.Tensor
     codes: torch.Tensor
     commitment_loss: torch.Tensor
     perplexity: torch.Tensor
@@ -367,6 +407,18 @@ class SplitResidualVectorQuantizer(nn.Module):
                 out = out + self.rvq_rest.decode(codes[:, n_sem:], rest_levels)
         return out
 
+    @torch.no_grad()
+    def fit(
+        self, latent: torch.Tensor, iters: int = KMEANS_ITERS, usage_total: float | None = None
+    ) -> None:
+        """Set all codebooks by residual k-means on ``latent`` ``[N, C]`` frames.
+
+        Fitting on many batches at once gives 2048 centroids the thousands of samples
+        they need; the EMA steps of training then follow the latent as it moves.
+        """
+        self.rvq_first.fit(latent, iters, usage_total)
+        self.rvq_rest.fit(latent, iters, usage_total)
+
     def forward(self, latent: torch.Tensor, levels: torch.Tensor) -> QuantizerTrainOutput:
         """Training pass: ``latent [B, C, T]``, ``levels [B, T]`` in ``1..n_q`` per frame."""
         n_sem = self.n_q_semantic
@@ -377,6 +429,7 @@ class SplitResidualVectorQuantizer(nn.Module):
         ).clamp(min=1)
         return QuantizerTrainOutput(
             first.quantized + rest.quantized,
+            first.continuous + rest.continuous,
             torch.cat([first.codes, rest.codes], dim=1),
             loss,
             torch.cat([first.perplexity, rest.perplexity]),

@@ -35,19 +35,33 @@ class KVCache:
 class TransformerState:
     """Streaming state of a whole transformer.
 
+    Every stream of the batch keeps its own positions, so streams that started at
+    different times can be stacked along the batch dimension and stepped together (a
+    stream's ring slot for position ``p`` is ``p % slots``; attention does not care
+    where a key sits in the ring, only the mask built from ``positions`` does).
+
     Attributes:
-        positions: ``[slots]`` long, the stream position held in each ring slot (-1: empty).
-        offset: position of the next input step.
+        positions: ``[B, slots]`` long, the stream position held in each ring slot
+            (-1: empty).
+        offsets: ``[B]`` long, position of each stream's next input step.
         caches: one :class:`KVCache` per layer.
     """
 
     positions: torch.Tensor
-    offset: int
+    offsets: torch.Tensor
     caches: list[KVCache]
 
     @property
     def slots(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.positions.shape[-1])
+
+    @property
+    def offset(self) -> int:
+        """The next position, when every stream of the batch is at the same one."""
+        first = int(self.offsets[0]) if self.offsets.numel() else 0
+        if bool((self.offsets != first).any()):
+            raise ValueError("the streams of this state are at different positions")
+        return first
 
 
 class LayerScale(nn.Module):
@@ -64,19 +78,22 @@ class LayerScale(nn.Module):
 def rope_tables(
     positions: torch.Tensor, head_dim: int, max_period: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin ``[T, head_dim / 2]`` for ``positions`` ``[T]``, computed in float32.
+    """cos and sin ``[..., T, head_dim / 2]`` for ``positions [..., T]``, in float32.
 
     The arithmetic follows the reference (frequencies ``exp(-2i log(max_period) / D)``)
     so that rotated queries and keys are bit-identical to it.
     """
     ds = torch.arange(head_dim // 2, device=positions.device, dtype=torch.float32)
     freqs = torch.exp(ds * (-math.log(max_period) * 2 / head_dim))
-    angles = freqs * positions.float().view(-1, 1)
+    angles = freqs * positions.float().unsqueeze(-1)
     return torch.cos(angles), torch.sin(angles)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs ``(x[2i], x[2i+1])`` of ``x`` ``[B, H, T, D]``."""
+    """Rotate interleaved pairs ``(x[2i], x[2i+1])`` of ``x [B, H, T, D]``.
+
+    ``cos`` and ``sin`` broadcast against ``[B, H, T, D / 2]``.
+    """
     B, H, T, D = x.shape
     pairs = x.view(B, H, T, D // 2, 2)
     xr, xi = pairs[..., 0].float(), pairs[..., 1].float()
@@ -90,18 +107,22 @@ class _StepPlan:
     """How one step uses the ring, shared by all layers (they advance in lockstep).
 
     Attributes:
-        mask: ``[T, keys]`` True where a query may attend.
+        mask: ``[B, 1, T, keys]`` True where a query may attend.
         in_place: write the new keys into ``slots`` first, then attend over the ring
             alone (a short streaming step); else attend over the cached past (when
             ``past``) followed by the new keys, then write the last ``keep`` new keys.
-        slots: ring slots to write (a slice when contiguous).
+        slots: ``[B, 1, keep, 1]`` long, each stream's ring slots to write.
     """
 
     mask: torch.Tensor
     in_place: bool
     past: bool
-    slots: slice | torch.Tensor
+    slots: torch.Tensor
     keep: int
+
+    def write(self, ring: torch.Tensor, new: torch.Tensor) -> None:
+        """Store ``new [B, H, keep, D]`` into ``ring [B, H, slots, D]`` at this step's slots."""
+        ring.scatter_(2, self.slots.expand_as(new), new.detach())
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -131,8 +152,8 @@ class MultiheadSelfAttention(nn.Module):
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         if plan.in_place:
-            cache.keys[:, :, plan.slots] = k.detach()
-            cache.values[:, :, plan.slots] = v.detach()
+            plan.write(cache.keys, k)
+            plan.write(cache.values, v)
             keys, values = cache.keys, cache.values
         elif plan.past:
             keys = torch.cat([cache.keys, k], dim=2)
@@ -141,8 +162,8 @@ class MultiheadSelfAttention(nn.Module):
             keys, values = k, v
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.mask)
         if not plan.in_place:
-            cache.keys[:, :, plan.slots] = k[:, :, T - plan.keep :].detach()
-            cache.values[:, :, plan.slots] = v[:, :, T - plan.keep :].detach()
+            plan.write(cache.keys, k[:, :, T - plan.keep :])
+            plan.write(cache.values, v[:, :, T - plan.keep :])
         return self.out_proj(out.transpose(1, 2).reshape(B, T, C))
 
 
@@ -197,46 +218,43 @@ class StreamingTransformer(nn.Module):
             )
             for _ in self.layers
         ]
-        positions = torch.full((slots,), -1, dtype=torch.long, device=p.device)
-        return TransformerState(positions, 0, caches)
+        positions = torch.full((batch_size, slots), -1, dtype=torch.long, device=p.device)
+        offsets = torch.zeros(batch_size, dtype=torch.long, device=p.device)
+        return TransformerState(positions, offsets, caches)
 
-    def _plan(self, state: TransformerState, T: int, device: torch.device) -> _StepPlan:
+    def _plan(self, state: TransformerState, T: int, new: torch.Tensor) -> _StepPlan:
+        """The ring use of a step whose positions are ``new [B, T]``; updates ``positions``."""
         context, slots = self.cfg.context, state.slots
-        start = state.offset
-        new = torch.arange(start, start + T, device=device)
         in_place = slots - (context - 1) >= T
         keep = T if in_place else min(T, slots)
-        first = (start + T - keep) % slots
-        where: slice | torch.Tensor
-        if first + keep <= slots:
-            where = slice(first, first + keep)
-        else:
-            where = torch.arange(start + T - keep, start + T, device=device) % slots
-        past = start > 0
+        kept = new[:, T - keep :]
+        where = kept % slots
+        past = not in_place and bool((state.offsets > 0).any())
         if in_place:
-            state.positions[where] = new
+            state.positions.scatter_(1, where, kept)
             key_pos = state.positions
         elif past:
-            key_pos = torch.cat([state.positions, new])
+            key_pos = torch.cat([state.positions, new], dim=1)
         else:
             key_pos = new
-        delta = new.view(-1, 1) - key_pos.view(1, -1)
-        mask = (key_pos >= 0) & (delta >= 0) & (delta < context)
+        delta = new[:, :, None] - key_pos[:, None, :]
+        mask = (key_pos[:, None, :] >= 0) & (delta >= 0) & (delta < context)
         if not in_place:
-            state.positions[where] = new[T - keep :]
-        return _StepPlan(mask, in_place, past, where, keep)
+            state.positions.scatter_(1, where, kept)
+        return _StepPlan(mask[:, None], in_place, past, where[:, None, :, None], keep)
 
     def forward(self, x: torch.Tensor, state: TransformerState | None = None) -> torch.Tensor:
         """``[B, T, C] -> [B, T, C]``; advances ``state`` by ``T`` positions."""
         B, T, _ = x.shape
         if state is None:
             state = self.init_state(B)
-        plan = self._plan(state, T, x.device)
-        positions = torch.arange(state.offset, state.offset + T, device=x.device)
+        positions = state.offsets[:, None] + torch.arange(T, device=x.device)  # [B, T]
+        plan = self._plan(state, T, positions)
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.max_period)
+        cos, sin = cos[:, None], sin[:, None]  # one table per stream, shared by the heads
         for layer, cache in zip(self.layers, state.caches, strict=True):
             x = layer(x, cos, sin, cache, plan)
-        state.offset += T
+        state.offsets += T
         return x
 
 

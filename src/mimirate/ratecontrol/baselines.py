@@ -5,10 +5,11 @@
   :data:`THROUGHPUT_GAIN` x the harmonic mean of the last receive rates (the gain above 1 is
   its only way to find more capacity: a real-time sender never sends more than it chose).
 - :class:`QueueController`: the buffer-based rule (BBA) turned around for a sender: levels
-  fall linearly from the most to one as the queuing delay crosses a reservoir-to-cushion
-  band, and climb back one level per report.
-- :func:`offline_optimum`: dynamic programming over the whole trace and loss pattern (an
-  oracle; see its docstring), replayed in the simulator by :class:`PlanController`.
+  fall linearly down the level ladder as the queuing delay crosses a reservoir-to-cushion
+  band, and climb back one step per report.
+- :func:`offline_optimum`: dynamic programming over the whole trace and loss pattern, an
+  optimistic relaxation whose value bounds every controller from above (see its
+  docstring); its schedule is replayed in the simulator by :class:`PlanController`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,22 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mimirate.ratecontrol.controller import Decision, Feedback
-from mimirate.ratecontrol.options import FRAMES_PER_PACKET, PLAYOUT_DEADLINE_MS, OptionTable, Sizer
+from mimirate.ratecontrol.options import (
+    FRAMES_PER_PACKET,
+    PLAYOUT_DEADLINE_MS,
+    REDUNDANCY_LEVELS,
+    OptionTable,
+    Sizer,
+    level_ladder,
+)
 from mimirate.ratecontrol.qoe import (
     FRAME_MS,
     LOST_UTILITY,
-    SWITCH_WEIGHT,
     QualityTable,
     delay_impairment,
 )
@@ -45,22 +53,22 @@ THROUGHPUT_SAMPLES = 5
 #: Queue rule: queuing delay below which it sends the most, above which the least.
 RESERVOIR_MS = 20.0
 CUSHION_MS = 150.0
-#: Levels the offline optimum chooses from (each fixed baseline's among them).
-DP_LEVELS = (1, 2, 4, 8, 16, 32)
-#: The offline optimum's backlog states: every DP_BIN_MS up to DP_FINE_MS (past the
-#: playout deadline plus a packet, where every frame is late anyway), then growing
-#: geometrically (an outage can hold packets for seconds) up to DP_MAX_BACKLOG_MS.
-DP_BIN_MS = 20.0
-DP_FINE_MS = 800.0
-DP_MAX_BACKLOG_MS = 60_000.0
-DP_BINS = np.unique(
-    np.concatenate(
-        [
-            np.arange(0.0, DP_FINE_MS + DP_BIN_MS / 2, DP_BIN_MS),
-            np.geomspace(DP_FINE_MS, DP_MAX_BACKLOG_MS, 15),
-        ]
-    )
-)
+#: The offline optimum's backlog states: bytes of work queued at the bottleneck, always
+#: rounded DOWN to one of :func:`dp_bins` (so its delays are never pessimistic): every
+#: DP_STEP_BYTES up to DP_FINE_BYTES (a few packets: where delays decide the QoE), then
+#: geometric with ratio DP_RATIO up to the drop-tail buffer. Bytes, not ms: an outage
+#: leaves the work in bytes unchanged, where rounding a time would skip over it.
+DP_STEP_BYTES = 0.25
+DP_FINE_BYTES = 400.0
+DP_RATIO = 1.002
+
+
+def dp_bins(queue_bytes: int) -> np.ndarray:
+    """Backlog states ``[B]`` (bytes, increasing, from 0) for a buffer of ``queue_bytes``."""
+    fine = np.arange(0.0, DP_FINE_BYTES, DP_STEP_BYTES)
+    top = max(float(queue_bytes), DP_FINE_BYTES)
+    n = int(np.ceil(np.log(top / DP_FINE_BYTES) / np.log(DP_RATIO))) + 1
+    return np.unique(np.concatenate([fine, DP_FINE_BYTES * DP_RATIO ** np.arange(n)]))
 
 
 class FixedController:
@@ -130,16 +138,17 @@ class ThroughputController:
 
 
 class QueueController:
-    """Levels from the queuing delay (buffer-based), fixed packetisation."""
+    """Levels of :func:`~mimirate.ratecontrol.options.level_ladder` from the queuing delay
+    (buffer-based), fixed packetisation."""
 
     name = "queue"
 
     def __init__(
         self, max_levels: int = 32, frames_per_packet: int = FIXED_FRAMES_PER_PACKET
     ) -> None:
-        self.max_levels = max_levels
+        self.ladder = level_ladder(max_levels)
         self.fpp = frames_per_packet
-        self.levels = 1
+        self.step = 0
         self.path = _Path()
 
     def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
@@ -148,24 +157,35 @@ class QueueController:
     def update(self, feedback: Feedback | None, now_ms: float) -> Decision:
         if feedback is not None and self.path.take(feedback):
             x = (CUSHION_MS - self.path.qdelay) / (CUSHION_MS - RESERVOIR_MS)
-            target = 1 + round(float(np.clip(x, 0.0, 1.0)) * (self.max_levels - 1))
-            self.levels = target if target < self.levels else min(self.levels + 1, target)
-        return Decision(self.levels, self.fpp, 0, self.levels)
+            # A step of the ladder, climbing back one step per report at most.
+            target = round(float(np.clip(x, 0.0, 1.0)) * (len(self.ladder) - 1))
+            self.step = target if target < self.step else min(self.step + 1, target)
+        lv = self.ladder[self.step]
+        return Decision(lv, self.fpp, 0, lv)
 
 
 @dataclass(frozen=True)
 class Plan:
     """A whole-stream schedule: packet ``k`` holds frames ``starts[k] ..
-    starts[k] + frames[k] - 1`` at ``levels[k]`` levels and repeats the previous packet's
-    frames at ``redundancy[k]`` levels (0 = none). ``value`` is the DP's own estimate of
-    the summed frame QoE (its delays are rounded up, so the replay does at least as well,
-    switch penalties aside)."""
+    starts[k] + frames[k] - 1`` at ``levels[k]`` levels (0: the sender drops them unsent)
+    and repeats the previous packet's frames at ``redundancy[k]`` levels (0 = none).
+    ``value`` is the summed frame QoE the optimum credits itself: an upper bound on what
+    any controller achieves (see :func:`offline_optimum`); ``bound`` is it per frame."""
 
     starts: np.ndarray  # [P]
     frames: np.ndarray  # [P]
     levels: np.ndarray  # [P]
     redundancy: np.ndarray  # [P]
     value: float
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.starts[-1] + self.frames[-1]) if self.starts.size else 0
+
+    @property
+    def bound(self) -> float:
+        """Upper bound on the mean per-frame QoE of any controller on this trace."""
+        return self.value / max(self.num_frames, 1)
 
 
 class PlanController:
@@ -175,8 +195,7 @@ class PlanController:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        n = int(plan.starts[-1] + plan.frames[-1])
-        self._packet_of = np.repeat(np.arange(plan.starts.size), plan.frames)[:n]
+        self._packet_of = np.repeat(np.arange(plan.starts.size), plan.frames)[: plan.num_frames]
 
     def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
         pass
@@ -185,7 +204,15 @@ class PlanController:
         t = min(max(round(now_ms / FRAME_MS) - 1, 0), self._packet_of.size - 1)
         k = int(self._packet_of[t])
         lv = int(self.plan.levels[k])
+        if lv == 0:
+            return Decision(1, int(self.plan.frames[k]), 0, 1, pause=True)
         return Decision(lv, int(self.plan.frames[k]), int(self.plan.redundancy[k]), lv)
+
+
+def _bin_down(bins: np.ndarray, backlog: np.ndarray) -> np.ndarray:
+    """Index of the largest ``bins`` entry at or below each backlog."""
+    i = np.searchsorted(bins, np.maximum(backlog, 0.0), side="right") - 1
+    return np.clip(i, 0, bins.size - 1)
 
 
 def offline_optimum(
@@ -196,133 +223,158 @@ def offline_optimum(
     link: LinkConfig | None = None,
     duration_s: float | None = None,
     frames_per_packet: tuple[int, ...] = FRAMES_PER_PACKET,
-    levels: tuple[int, ...] = DP_LEVELS,
+    levels: tuple[int, ...] | None = None,
+    redundancy: tuple[int, ...] = REDUNDANCY_LEVELS,
 ) -> Plan:
-    """The best schedule with the whole trace and loss pattern known.
+    """The best schedule with the whole trace and loss pattern known, and an upper bound.
 
-    A dynamic programme over frame boundaries. The state at boundary ``t`` (the moment
-    the packet ending with frame ``t - 1`` was sent) is the bottleneck's backlog (rounded
-    up to one of :data:`DP_BINS`, so its delays are never optimistic), the previous
-    packet's levels (switch penalty, redundancy) and, if that packet was lost, its frame
-    count. An action sends the next ``F`` frames at ``L`` levels, and after a lost packet
-    may repeat its frames in full. The oracle knows more than any controller can; its
-    limits: levels from :data:`DP_LEVELS`, uniform within a packet, redundancy only in full.
+    A dynamic programme over frame boundaries. The state at boundary ``t`` (when the
+    packet ending with frame ``t - 1`` was sent) is the bottleneck's backlog in bytes,
+    rounded DOWN to one of :func:`dp_bins`, and, if the previous packet did not arrive,
+    its frame count. An action sends the next ``F`` frames (``frames_per_packet``) at ``L``
+    levels (``levels``, default all of the table's), repeating the previous packet's
+    frames at ``R`` levels (``redundancy``) when it did not arrive; or drops the ``F``
+    frames at the sender.
+
+    ``Plan.value`` bounds from above the summed QoE of every controller in
+    :func:`~mimirate.ratecontrol.simulator.simulate` on the same trace, link and seed (all
+    frames speech) whose packets each hold one level count from ``levels``, and whose
+    packetisation and redundancy are among those offered, because it is a relaxation:
+
+    - any such controller's packet sequence is an action sequence here (a pause is a drop
+      at the sender, after which nothing earlier is repeated, as in the simulator);
+    - a smaller backlog never scores less (FIFO departures do not increase with it, a
+      frame's QoE does not decrease as it arrives earlier, and a packet the bigger backlog
+      would lose to a full buffer can be sent anyway and lost there, at no more backlog),
+      so rounding the backlog down only over-estimates;
+    - no switch penalty (it is never negative); redundancy only where the oracle knows the
+      previous packet was lost, at any depth (a real sender repeats blindly, at most the
+      levels those frames had).
+
+    Its slack: each rounding gives away less than :data:`DP_STEP_BYTES` of queued work per
+    packet (or a fraction ``1 - 1 / DP_RATIO`` of a backlog over :data:`DP_FINE_BYTES`);
+    the switch penalties; the oracle's knowledge of losses. The plan it returns can be
+    replayed with :class:`PlanController` (which pays those penalties).
     """
     link = link or LinkConfig()
     dur = trace.period_s if duration_s is None else duration_s
     n_t = int(dur * 1000 / FRAME_MS)
     lost = link.loss.pattern(n_t + 1, np.random.default_rng([link.seed, 0]))
     prop = link.propagation_ms
-    lv = np.array(levels)
-    n_l = lv.size
-    u = table.utility_of(lv)
-    bins = DP_BINS
+    lv = np.array(levels or range(1, table.num_levels + 1))
+    reds = np.array([0, *sorted({int(r) for r in redundancy if r > 0})])
+    u = table.utility_of(lv)[None, None, :]  # [1, 1, L]
+    u_red = table.utility_of(reds)[None, :, None]  # [1, R, 1]; depth 0 scores LOST_UTILITY
+    bins = dp_bins(link.queue_bytes)
     n_b = bins.size
-    n_pf = max(frames_per_packet) + 1  # previous packet lost with pf frames (0: not lost)
-    shape = (n_b, n_l, n_pf)
-    size_state = n_b * n_l * n_pf
-    neg = -np.inf
-    value = np.full((n_t + 1, size_state), neg)
-    value[0, 0 * n_l * n_pf : 1 * n_l * n_pf : n_pf] = 0.0  # b=0, any Lp, pf=0
-    back = np.zeros((n_t + 1, size_state, 5), np.int16)  # F, src b, src Lp, src pf, red
-    switch = SWITCH_WEIGHT * np.abs(u[:, None] - u[None, :])  # [Lp, L]
-    ell = np.broadcast_to(np.arange(n_l), (n_b, n_l, n_l))
+    n_pf = max(frames_per_packet) + 1  # previous packet not received, with pf frames
+    n_l, n_r = lv.size, reds.size
+    # Values of the boundaries a packet can reach from the current one (a ring: a packet
+    # spans at most max(frames_per_packet) frames).
+    ring = max(frames_per_packet) + 1
+    value = np.full((ring, n_b, n_pf), -np.inf)
+    value[0, 0, 0] = 0.0
+    # Per state, how it was reached, packed in one int32 (see ``pack``): F, source backlog
+    # bin, source pf, level index + 1 (0: dropped at the sender), redundancy index.
+    back = np.zeros((n_t + 1, n_b, n_pf), np.int32)
+
+    def pack(f: int, src_b: Any, src_pf: int, li: Any, ri: Any) -> Any:
+        """The code of (F, source bin, source pf, level index, redundancy index); the
+        bins and indices may be arrays."""
+        return (((f * n_b + src_b) * n_pf + src_pf) * (n_l + 1) + li + 1) * n_r + ri
+
+    def unpack(code: int) -> tuple[int, int, int, int, int]:
+        code, ri = divmod(code, n_r)
+        code, li = divmod(code, n_l + 1)
+        code, src_pf = divmod(code, n_pf)
+        f, src_b = divmod(code, n_b)
+        return f, src_b, src_pf, li - 1, ri
 
     size_cache: dict[tuple[int, int], np.ndarray] = {}
 
-    def sizes(f: int, red_frames: int) -> np.ndarray:
-        """Wire bytes ``[Lp, L]`` of f frames at L, repeating red_frames frames at Lp."""
-        if (f, red_frames) not in size_cache:
-            rows = lv if red_frames else lv[:1]
-            size_cache[f, red_frames] = np.array(
+    def sizes(f: int, pf: int) -> np.ndarray:
+        """Wire bytes ``[R, L]`` of f frames at L, repeating pf frames at depth R."""
+        if (f, pf) not in size_cache:
+            rows = reds if pf else reds[:1]
+            size_cache[f, pf] = np.array(
                 [
-                    [sizer.packet_bytes((int(k),) * f, (int(kp),) * red_frames) for k in lv]
-                    for kp in rows
+                    [sizer.packet_bytes((int(k),) * f, (int(r),) * pf if r else ()) for k in lv]
+                    for r in rows
                 ],
                 dtype=np.float64,
             )
-        return size_cache[f, red_frames]
+        return size_cache[f, pf]
 
     def frame_q(arrival: np.ndarray, capture: float, util: np.ndarray) -> np.ndarray:
         lat = arrival - capture
         q = np.maximum(util - delay_impairment(lat + FRAME_MS), LOST_UTILITY)
         return np.where(lat <= PLAYOUT_DEADLINE_MS, q, LOST_UTILITY)
 
+    def relax(t: int, key: np.ndarray, total: np.ndarray, info: np.ndarray) -> None:
+        """Scatter-max ``total`` into flat states ``key`` of boundary ``t`` (``info``: how)."""
+        order = np.lexsort((total, key))
+        last = np.ones(order.size, bool)
+        last[:-1] = key[order[1:]] != key[order[:-1]]
+        win = order[last]
+        tgt = key[win]
+        flat_v = value[t % ring].reshape(-1)
+        better = total[win] > flat_v[tgt]
+        win, tgt = win[better], tgt[better]
+        flat_v[tgt] = total[win]
+        back[t].reshape(-1)[tgt] = info[win]
+
     for t in range(n_t):
-        v_t = value[t].reshape(shape)
-        alive = [pf for pf in range(n_pf) if np.isfinite(v_t[:, :, pf]).any()]
-        if not alive:
-            continue
-        busy = t * FRAME_MS + bins  # [B] when the link is free again
-        for f in frames_per_packet:
-            if t + f > n_t:
+        for pf in range(n_pf):
+            col = value[t % ring, :, pf]
+            # The value never rises with the backlog (see above): a state that scores no
+            # more than one with less backlog is dominated, and need not be expanded.
+            ahead = np.concatenate([[-np.inf], np.maximum.accumulate(col)[:-1]])
+            live = np.flatnonzero(np.isfinite(col) & (col > ahead))
+            if live.size == 0:
                 continue
-            send = (t + f) * FRAME_MS
-            slot_lost = bool(lost[t + f - 1])
-            start = np.maximum(busy, send)
-            c_start = np.asarray(trace.bytes_by(start / 1e3))
-            queued = c_start - trace.bytes_by(send / 1e3)
-            for pf in alive:
-                for red in (False, True) if pf > 0 and not slot_lost else (False,):
-                    size = sizes(f, pf if red else 0)  # [Lp, L] (or [1, L] without redundancy)
-                    dep = np.asarray(trace.time_when(c_start[:, None, None] + size[None])) * 1e3
-                    drop = queued[:, None, None] + size[None] > link.queue_bytes
+            base = col[live]
+            for f in frames_per_packet:
+                if t + f > n_t:
+                    continue
+                send = (t + f) * FRAME_MS
+                c_send = float(trace.bytes_by(send / 1e3))
+                served = c_send - float(trace.bytes_by(t * FRAME_MS / 1e3))
+                queued = np.maximum(bins[live] - served, 0.0)  # [B] work left at the send
+                # Drop the F frames at the sender: nothing sent, the backlog drains, and
+                # nothing is repeated from before (as a pausing sender does).
+                relax(t + f, _bin_down(bins, queued) * n_pf, base.copy(), pack(f, live, pf, -1, 0))
+                slot_lost = bool(lost[t + f - 1])
+                size = sizes(f, pf)[: reds.size if pf and not slot_lost else 1]  # [R, L]
+                work = queued[:, None, None] + size[None]  # [B, R, L] up to its last byte
+                dep = np.asarray(trace.time_when(c_send + work)) * 1e3
+                drop = work > link.queue_bytes
+                reward = np.zeros(dep.shape)
+                if not slot_lost:
                     arrival = dep + prop
-                    reward = np.zeros(dep.shape)
-                    if not slot_lost:
-                        for i in range(f):
-                            reward = reward + frame_q(
-                                arrival, (t + i + 1) * FRAME_MS, u[None, None, :]
-                            )
-                        if red:
-                            for j in range(pf):
-                                reward = reward + frame_q(
-                                    arrival, (t - pf + j + 1) * FRAME_MS, u[None, :, None]
-                                )
-                    dep = np.broadcast_to(dep, (n_b, n_l, n_l))
-                    drop = np.broadcast_to(drop, (n_b, n_l, n_l))
-                    reward = np.broadcast_to(reward, (n_b, n_l, n_l))
-                    reward = np.where(drop, 0.0, reward) - switch[None]
-                    busy_next = np.where(drop, busy[:, None, None], dep)
-                    i_next = np.minimum(
-                        np.searchsorted(bins, np.maximum(busy_next - send, 0.0) - 1e-6), n_b - 1
-                    )
-                    pf_next = np.where(drop | slot_lost, f, 0)
-                    total = v_t[:, :, pf, None] + reward  # [B, Lp, L]
-                    key = ((i_next * n_l + ell) * n_pf + pf_next).reshape(-1)
-                    flat = total.reshape(-1)
-                    cand = np.flatnonzero(np.isfinite(flat))
-                    if cand.size == 0:
-                        continue
-                    # Scatter-max: sort by target then value, keep the last of each target.
-                    order = cand[np.lexsort((flat[cand], key[cand]))]
-                    last = np.ones(order.size, bool)
-                    last[:-1] = key[order[1:]] != key[order[:-1]]
-                    win = order[last]
-                    tgt = key[win]
-                    better = flat[win] > value[t + f, tgt]
-                    win, tgt = win[better], tgt[better]
-                    src_b, src_p, _ = np.unravel_index(win, total.shape)
-                    value[t + f, tgt] = flat[win]
-                    back[t + f, tgt] = np.stack(
-                        [
-                            np.full(win.size, f),
-                            src_b,
-                            src_p,
-                            np.full(win.size, pf),
-                            np.full(win.size, int(red)),
-                        ],
-                        axis=1,
-                    )
-    state = int(np.argmax(value[n_t]))
-    total_value = float(value[n_t, state])
+                    for i in range(f):
+                        reward = reward + frame_q(arrival, (t + i + 1) * FRAME_MS, u)
+                    if size.shape[0] > 1:
+                        for j in range(pf):
+                            reward = reward + frame_q(arrival, (t - pf + j + 1) * FRAME_MS, u_red)
+                reward = np.where(drop, 0.0, reward)
+                work_next = np.where(drop, queued[:, None, None], work)
+                pf_next = np.where(drop | slot_lost, f, 0)
+                key = (_bin_down(bins, work_next) * n_pf + pf_next).reshape(-1)
+                total = (base[:, None, None] + reward).reshape(-1)
+                b_i, r_i, l_i = np.meshgrid(
+                    live, np.arange(size.shape[0]), np.arange(n_l), indexing="ij"
+                )
+                relax(t + f, key, total, pack(f, b_i, pf, l_i, r_i).reshape(-1))
+        value[t % ring] = -np.inf  # boundary t is done; its slot serves t + ring
+    state = int(np.argmax(value[n_t % ring]))
+    b, pf = np.unravel_index(state, (n_b, n_pf))
+    total_value = float(value[n_t % ring, b, pf])
     t = n_t
     packets = []
     while t > 0:
-        f, src_b, src_p, src_pf, red = (int(x) for x in back[t, state])
-        lvl = int(lv[np.unravel_index(state, shape)[1]])
-        packets.append((t - f, f, lvl, int(lv[src_p]) if red else 0))
-        state = int(np.ravel_multi_index((src_b, src_p, src_pf), shape))
+        f, src_b, src_pf, li, ri = unpack(int(back[t, b, pf]))
+        packets.append((t - f, f, int(lv[li]) if li >= 0 else 0, int(reds[ri])))
+        b, pf = src_b, src_pf
         t -= f
     packets.reverse()
     arr = np.array(packets, dtype=np.int64).reshape(-1, 4)

@@ -10,13 +10,18 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   (clock offsets cancel); its average over :data:`QDELAY_HIGH_MS`, one sample over
   :data:`QDELAY_SEVERE_MS` (cellular links deliver in bursts: one late report is jitter)
   while less arrives than is sent (:data:`SELF_INFLICTED_RATIO`: delay that sending less
-  would not remove is no reason to send less), or no acknowledgement for far longer than
-  usual (an outage) is congestion: the rate drops to
-  :data:`BACKOFF` x the receive rate, which is what the bottleneck is delivering (GCC's
-  rule; it drains the queue at once), at most once per :data:`DECREASE_GAP_MS`;
+  would not remove is no reason to send less), :data:`PERSIST_REPORTS` reports in a row
+  over :data:`QDELAY_HIGH_MS` and growing (a growing queue is ours, whatever the rates
+  say; random loss is discounted from the send rate), or no acknowledgement for far
+  longer than usual (an outage) is congestion: the rate drops to :data:`BACKOFF` x the
+  receive rate, which is what the bottleneck is delivering (GCC's
+  rule; it drains the queue at once), at most once per :data:`DECREASE_GAP_MS`, and within
+  :data:`DRAIN_MS` of a cut only if the queue is longer than it was at the cut;
 - below :data:`QDELAY_LOW_MS` the rate grows (:data:`STARTUP_GAIN_PER_S` until the first
-  congestion and whenever the path is empty, below :data:`QDELAY_EMPTY_MS`; else
-  :data:`INCREASE_GAIN_PER_S`; at least :data:`ADDITIVE_BPS_PER_S`), never
+  congestion and whenever the path is empty, below :data:`QDELAY_EMPTY_MS`, up to
+  :data:`CEILING_FRACTION` of the receive rate at the last congestion; then
+  :data:`INCREASE_GAIN_PER_S` up to that rate, and only :data:`ADDITIVE_BPS_PER_S` past
+  it), never
   beyond :data:`PROBE_RATIO` x what is actually being sent; in between it holds;
 - loss without queuing delay is not congestion (radio loss would otherwise starve the
   stream): it is smoothed into a loss estimate that buys redundancy.
@@ -25,11 +30,30 @@ The rate is a budget in wire bit/s, headers counted. The setting sent, levels x 
 packet x redundancy, is the one of highest expected QoE that fits the budget
 (:class:`mimirate.ratecontrol.options.OptionTable`): bundling frames saves headers and
 costs delay (both counted), redundancy costs bits and a packet of delay and saves lost
-frames. A new setting is taken only when it gains :data:`SWITCH_MARGIN` R points or the
-current one no longer fits. Frames the sender's VAD marks silent go at one level
-(:data:`SILENCE_LEVELS`). While the path is stalled the sender pauses, but for a probe every
-:data:`STALL_PROBE_MS`: frames pushed into an outage only queue up and make the frames after
-it late too.
+frames. Queuing delay is measured net of a bigger packet's longer serialisation, and the
+delay predicted for a setting uses the latest sample when it is above the average. A
+setting whose first frame would be late by that prediction is not taken while another
+fits. A new setting is taken only when it gains :data:`SWITCH_MARGIN` R points or the
+current one no longer fits.
+
+Loss protection. Once the smoothed loss estimate reaches :data:`PROTECT_LOSS`, only settings
+with redundancy are eligible: each packet repeats the first ``redundancy`` levels of the
+frames of the packet before it, so a frame is missing only when both its packet and the
+next are lost (probability ``p**2``: 1% at 10% independent loss). Definitions used by the
+simulator and the figures: a frame *played from redundancy* (at fewer levels) counts as
+played, and QoE scores its lower utility; a frame is *lost* when no copy of it arrived, and
+*late* when a copy arrived but none before the playout deadline; a frame the sender dropped
+unsent (a pause) counts as lost. Redundancy bytes are counted in the wire rate.
+
+Silence and outages. Frames the sender's VAD marks silent are not sent at all
+(discontinuous transmission, :data:`SILENCE_LEVELS` = 0; the receiver plays comfort
+noise). While the path is stalled (the oldest packet unacknowledged for far longer than
+usual, and no report acknowledging anything for as long) the sender
+drops its frames unsent, but for a probe every :data:`STALL_PROBE_MS`: frames pushed into an
+outage would only queue up, be hopelessly late, and make the frames after it late too. When
+acknowledgements come back on an empty queue, the rate resumes at
+:data:`RESUME_FRACTION` of the rate before the stall (capacity after a cellular outage
+usually returns as it was), instead of climbing from the bottom.
 """
 
 from __future__ import annotations
@@ -43,15 +67,20 @@ from typing import Protocol
 import numpy as np
 
 from mimirate.bitstream.packet import FeedbackReport
-from mimirate.ratecontrol.options import OptionTable, StreamOption
+from mimirate.ratecontrol.options import PLAYOUT_DEADLINE_MS, OptionTable, StreamOption
+from mimirate.ratecontrol.qoe import FRAME_MS
 
-#: Queuing delay over which the path is congested.
-QDELAY_HIGH_MS = 90.0
-#: A single queuing-delay sample this high is congestion without waiting for the average.
-QDELAY_SEVERE_MS = 300.0
+#: Smoothed queuing delay over which the path is congested.
+QDELAY_HIGH_MS = 60.0
+#: A single queuing-delay sample this high is congestion without waiting for the average
+#: (the p95 target is 150 ms; reports come every ~100 ms, so act before it is reached).
+QDELAY_SEVERE_MS = 120.0
 #: Delay counts as self-inflicted (congestion) only while the receive rate is under this
 #: fraction of the send rate (both over the last second).
 SELF_INFLICTED_RATIO = 0.9
+#: Consecutive reports with a queuing delay over QDELAY_HIGH_MS, each longer than the one
+#: before, that are congestion.
+PERSIST_REPORTS = 3
 #: Smoothed queuing delay under which the path counts as empty (fast ramp-up).
 QDELAY_EMPTY_MS = 10.0
 #: Queuing delay under which the rate may grow.
@@ -60,9 +89,15 @@ QDELAY_LOW_MS = 40.0
 BACKOFF = 0.85
 #: Shortest time between two decreases (the queue needs a moment to drain).
 DECREASE_GAP_MS = 500.0
+#: After a cut, how long the queue is given to drain before the same delay cuts again.
+DRAIN_MS = 1500.0
 #: Rate growth per second before the first congestion, and after it.
 STARTUP_GAIN_PER_S = 0.5
 INCREASE_GAIN_PER_S = 0.15
+#: The fast growth stops at this fraction of the receive rate measured at the last
+#: congestion (the last capacity seen): near it, the rate creeps up, else it overshoots
+#: the link by the ~300 ms it takes a report to show the queue.
+CEILING_FRACTION = 0.9
 #: Least growth per second when growing.
 ADDITIVE_BPS_PER_S = 300.0
 #: The budget never exceeds this times the rate actually sent (no runaway while app-limited).
@@ -78,14 +113,19 @@ QDELAY_ALPHA = 0.3
 #: Expected QoE gain (R points) that justifies changing the setting.
 SWITCH_MARGIN = 0.5
 #: How much longer than the fastest acknowledgement an unacknowledged packet may wait
-#: before the path counts as stalled (an outage).
-STALL_MARGIN_MS = 250.0
+#: before the path counts as stalled (an outage): more than two report intervals, so
+#: that two lost reports in a row (1% of the time at 10% loss) are not taken for one.
+STALL_MARGIN_MS = 350.0
 #: While stalled, one packet goes out per this interval to find out when the path is back.
 STALL_PROBE_MS = 500.0
 #: Added to predicted delays: the playout deadline is a cliff, the prediction is not exact.
 DEADLINE_MARGIN_MS = 20.0
-#: Levels of frames marked silent.
-SILENCE_LEVELS = 1
+#: Levels of frames marked silent (0: not sent, discontinuous transmission).
+SILENCE_LEVELS = 0
+#: Smoothed loss rate from which every packet carries redundancy.
+PROTECT_LOSS = 0.01
+#: After a stall, the rate resumes at this fraction of the rate before it.
+RESUME_FRACTION = 0.7
 
 
 class ControllerState(enum.Enum):
@@ -171,7 +211,7 @@ class Decision:
         frames_per_packet: frames bundled in one packet.
         redundancy: levels of each frame of the previous packet repeated in the next
             packet (0 = none; never more than those frames had).
-        silence_levels: levels for frames the VAD marks silent.
+        silence_levels: levels for frames the VAD marks silent (0: not sent, DTX).
         pause: do not send the frames decided now (the path is stalled: they would only
             fill the bottleneck's queue and delay the frames after the outage).
     """
@@ -229,12 +269,17 @@ class AdaptiveController:
         self._owd_window: deque[tuple[float, float, float, int]] = deque()
         self._last_update_ms: float | None = None
         self._last_decrease_ms = -math.inf
+        self._qdelay_at_decrease = 0.0
         self._highest_seq = -1
         self._lost = 0
         self._received: deque[tuple[float, int]] = deque()  # (arrival_ms, bytes), last second
         self._sent: deque[tuple[float, int]] = deque()  # (send_ms, bytes), last second
         self._unacked: dict[int, float] = {}  # seq -> send_ms
         self._last_sent_ms = -math.inf
+        self._rate_before_stall: float | None = None
+        self._last_arrivals_ms = -math.inf  # when a report last acknowledged anything
+        self.ceiling_bps = math.inf  # receive rate at the last congestion
+        self._high_reports = 0  # consecutive reports with a queue over QDELAY_HIGH_MS, growing
         self.option = options.best(self.rate_bps, 0.0, 0.0)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -266,21 +311,37 @@ class AdaptiveController:
             base = min(self._owd_window, key=lambda w: w[1])
             self.base_owd_ms, self.base_bytes = base[1], base[3]
             self.base_ack_ms = min(w[2] for w in self._owd_window)
+            self._last_arrivals_ms = now_ms
             for a in fb.arrivals:
                 self._received.append((a.arrival_ms, a.wire_bytes))
                 self._unacked.pop(a.seq, None)
             latest = max(a.arrival_ms for a in fb.arrivals)
             while self._received and self._received[0][0] <= latest - 1000.0:
                 self._received.popleft()
-            self.qdelay_ms = max(owds) - self.base_owd_ms
+            # A bigger packet than the one that set the base takes longer to serialise:
+            # that is not queuing (at the delivered rate, the bottleneck's or less).
+            rate = max(self.receive_rate_bps, self.min_rate)
+            previous = self.qdelay_ms
+            self.qdelay_ms = max(
+                o - self.base_owd_ms - max(a.wire_bytes - self.base_bytes, 0) * 8000.0 / rate
+                for o, a in zip(owds, fb.arrivals, strict=True)
+            )
+            self.qdelay_ms = max(self.qdelay_ms, 0.0)
+            growing = self.qdelay_ms > QDELAY_HIGH_MS and self.qdelay_ms > previous
             self.qdelay_smooth_ms += QDELAY_ALPHA * (self.qdelay_ms - self.qdelay_smooth_ms)
             # Cellular links deliver in bursts: one late report is jitter, a queue that
             # stays is congestion, and a very late one is congestion at once.
             delayed = self.qdelay_smooth_ms > QDELAY_HIGH_MS or self.qdelay_ms > QDELAY_SEVERE_MS
             # ... but only when the path delivers less than is sent: delay that sending less
             # would not remove (gaps in a cellular schedule) is no reason to send less.
-            behind = self.receive_rate_bps < SELF_INFLICTED_RATIO * self.send_rate_bps(now_ms)
-            congested = delayed and behind
+            # (Random loss is not the path falling behind: it is discounted.)
+            sent = (1.0 - self.loss) * self.send_rate_bps(now_ms)
+            behind = self.receive_rate_bps < SELF_INFLICTED_RATIO * sent
+            # ... unless the queue has grown for several reports: then it is ours, whatever
+            # the rates say (a small overload hides in a one-second receive rate). A delay
+            # that stays high without growing is a slower link serialising, not a queue.
+            self._high_reports = self._high_reports + 1 if growing else 0
+            congested = (delayed and behind) or self._high_reports >= PERSIST_REPORTS
         # Everything at or below the highest sequence received is settled (arrived or lost).
         for seq in [q for q in self._unacked if q <= fb.highest_seq]:
             del self._unacked[seq]
@@ -298,7 +359,12 @@ class AdaptiveController:
         if not self._unacked or math.isinf(self.base_ack_ms):
             return False
         age = now_ms - min(self._unacked.values())
-        return age > self.base_ack_ms + STALL_MARGIN_MS
+        # ... and nothing at all has arrived for as long. Under random loss a lost packet
+        # stays unacknowledged until a later one arrives, a packet interval later (320 ms
+        # at four frames a packet), and two lost in a row leave two intervals of silence.
+        interval = self.option.frames_per_packet * FRAME_MS
+        silent = now_ms - self._last_arrivals_ms > STALL_MARGIN_MS + 2 * interval
+        return age > self.base_ack_ms + STALL_MARGIN_MS + interval and silent
 
     # -- the decision ---------------------------------------------------------------------
     def update(self, feedback: Feedback | None, now_ms: float) -> Decision:
@@ -306,13 +372,35 @@ class AdaptiveController:
         self._last_update_ms = now_ms
         congested = self._take(feedback, now_ms) if feedback is not None else False
         stalled = self._stalled(now_ms)
+        if stalled and self._rate_before_stall is None:
+            self._rate_before_stall = self.rate_bps
+        elif (
+            not stalled
+            and self._rate_before_stall is not None
+            and feedback is not None
+            and feedback.arrivals
+            and self.qdelay_ms < QDELAY_LOW_MS
+        ):
+            self.rate_bps = max(self.rate_bps, RESUME_FRACTION * self._rate_before_stall)
+            self._rate_before_stall = None
         if congested or stalled:
-            if now_ms - self._last_decrease_ms >= DECREASE_GAP_MS:
+            # While the queue drains after a cut, its delay stays high and the receive rate
+            # falls with what is sent: cutting again on those would spiral to the bottom.
+            # Within DRAIN_MS of a cut, only a queue longer than at the cut cuts again.
+            draining = (
+                now_ms - self._last_decrease_ms < DRAIN_MS
+                and self.qdelay_ms <= self._qdelay_at_decrease
+                and not stalled
+            )
+            if now_ms - self._last_decrease_ms >= DECREASE_GAP_MS and not draining:
                 # The receive rate is what the bottleneck delivers; in a stall it is stale.
                 received = self.receive_rate_bps
+                if received > 0 and not stalled:
+                    self.ceiling_bps = received
                 cut = BACKOFF * (received if received > 0 and not stalled else self.rate_bps)
                 self.rate_bps = max(self.min_rate, min(self.rate_bps, cut))
                 self._last_decrease_ms = now_ms
+                self._qdelay_at_decrease = self.qdelay_ms
             self.state = ControllerState.DECREASE
         elif feedback is not None and feedback.arrivals:
             if self.qdelay_ms > QDELAY_LOW_MS:
@@ -323,8 +411,13 @@ class AdaptiveController:
         if self.state in (ControllerState.STARTUP, ControllerState.INCREASE) and dt_s > 0:
             # An empty path (no queue at all) ramps up as fast as at startup: after an
             # outage or a deep fade the capacity usually comes back at once.
-            fast = self.state is ControllerState.STARTUP or self.qdelay_smooth_ms < QDELAY_EMPTY_MS
+            fast = self.state is ControllerState.STARTUP or (
+                self.qdelay_smooth_ms < QDELAY_EMPTY_MS
+                and self.rate_bps < CEILING_FRACTION * self.ceiling_bps
+            )
             gain = STARTUP_GAIN_PER_S if fast else INCREASE_GAIN_PER_S
+            # Past the last capacity seen, only the additive probe.
+            gain = 0.0 if self.rate_bps >= self.ceiling_bps else gain
             grown = self.rate_bps + dt_s * max(ADDITIVE_BPS_PER_S, gain * self.rate_bps)
             cap = max(PROBE_RATIO * self.send_rate_bps(now_ms), PROBE_RATIO * self.min_rate)
             self.rate_bps = min(max(self.rate_bps, min(grown, cap)), self.max_rate)
@@ -336,18 +429,34 @@ class AdaptiveController:
 
     def predicted_delay_ms(self) -> np.ndarray:
         """Expected one-way delay ``[N]`` of a packet of each option: the base delay, the
-        smoothed queuing delay, and the extra serialisation of a bigger packet than the one
-        that set the base (at the budget rate: the bottleneck's rate, or less)."""
+        queuing delay (smoothed, or the latest sample when longer), and the extra
+        serialisation of a bigger packet than the one that set the base (at the budget
+        rate: the bottleneck's rate, or less)."""
         base = 0.0 if math.isinf(self.base_owd_ms) else self.base_owd_ms
         extra = (self.options.packet_bytes - self.base_bytes) * 8000.0 / self.rate_bps
-        return base + self.qdelay_smooth_ms + DEADLINE_MARGIN_MS + np.maximum(extra, 0.0)
+        # The latest sample when it is above the average: a queue that is building now
+        # is what the next packet meets.
+        queue = max(self.qdelay_smooth_ms, self.qdelay_ms)
+        return base + queue + DEADLINE_MARGIN_MS + np.maximum(extra, 0.0)
 
     def _choose(self) -> StreamOption:
         delay = self.predicted_delay_ms()
         scores = self.options.scores(self.loss, delay)
-        best = self.options.best(self.rate_bps, self.loss, delay, scores=scores)
+        protect = self.loss >= PROTECT_LOSS
+        # Bundling that makes the first frame of a packet late by prediction trades lost
+        # frames for levels; the late-or-lost target says no, while anything else fits.
+        on_time = (self.options.fpp - 1) * FRAME_MS + delay <= PLAYOUT_DEADLINE_MS
+        best = self.options.best(
+            self.rate_bps,
+            self.loss,
+            delay,
+            scores=scores,
+            min_redundancy=1 if protect else 0,
+            allowed=on_time,
+        )
         cur = self.option
         keep = cur is not best and cur.wire_bps <= self.rate_bps
+        keep &= cur.redundancy > 0 or not protect
         if keep and scores[best.index] - scores[cur.index] < SWITCH_MARGIN:
             return cur
         return best

@@ -27,6 +27,14 @@ PLAYOUT_DEADLINE_MS = 400.0
 FRAMES_PER_PACKET = (1, 2, 3, 4)
 #: Redundancy depths offered (levels of each earlier frame repeated).
 REDUNDANCY_LEVELS = (0, 1, 2, 4, 8)
+#: Level counts the quality table measures (the others are interpolated there): the steps
+#: of the queue-based baseline (see :func:`level_ladder`).
+LEVEL_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def level_ladder(num_levels: int) -> tuple[int, ...]:
+    """:data:`LEVEL_LADDER` cut to a codec of ``num_levels`` levels (which it always ends with)."""
+    return (*(k for k in LEVEL_LADDER if k < num_levels), num_levels)
 
 
 class Sizer(Protocol):
@@ -100,7 +108,8 @@ class OptionTable:
     Args:
         sizer: measures packets (real ``bytes(Packet)`` + headers).
         table: the codec's measured quality per level.
-        levels: level counts offered (default 1..K of the table).
+        levels: level counts offered (default 1..K of the table: fine steps let a
+            controller settle just under a link's rate).
         frames_per_packet, redundancy: packetisations and redundancy depths offered.
     """
 
@@ -152,17 +161,26 @@ class OptionTable:
         *,
         max_frames_per_packet: int | None = None,
         max_redundancy: int | None = None,
+        min_redundancy: int = 0,
         scores: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
     ) -> StreamOption:
         """The option of highest expected QoE whose wire rate fits ``rate_bps`` (the
-        cheapest one when none fits); ties go to the cheaper."""
-        fits = self.bps <= rate_bps
+        cheapest eligible one when none fits); ties go to the cheaper. ``allowed`` ``[N]``
+        bool narrows the choice further where it leaves anything that fits."""
+        eligible = self.red >= min_redundancy
+        if allowed is not None and (eligible & allowed & (self.bps <= rate_bps)).any():
+            eligible = eligible & allowed
+        fits = (self.bps <= rate_bps) & eligible
         if max_frames_per_packet is not None:
             fits &= self.fpp <= max_frames_per_packet
         if max_redundancy is not None:
             fits &= self.red <= max_redundancy
         if not fits.any():
-            return self.cheapest
+            pool = np.flatnonzero(eligible)
+            return (
+                self.options[int(pool[np.argmin(self.bps[pool])])] if pool.size else self.cheapest
+            )
         if scores is None:
             scores = self.scores(loss, network_delay_ms)
         s = np.where(fits, scores, -np.inf)

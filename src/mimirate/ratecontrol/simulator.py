@@ -12,8 +12,18 @@ capture (an adaptive buffer that time-stretches, as WebRTC's NetEQ does, idealis
 knows each frame's delay), and drops frames later than
 :data:`~mimirate.ratecontrol.options.PLAYOUT_DEADLINE_MS`. A frame plays from its own
 packet if that is in time, else from the redundant copy in the next packet if that one is,
-else it is lost (nothing arrived) or late (arrived after the deadline). QoE per frame is
-:func:`mimirate.ratecontrol.qoe.frame_qoe`.
+else it is lost (nothing arrived) or late (arrived after the deadline). Definitions the
+figures use, over speech frames only:
+
+- a frame *played from redundancy* (at the fewer levels of its copy) is played, not lost:
+  QoE scores the lower utility;
+- *lost*: no copy arrived (lost on the link, dropped by the full queue, or dropped unsent
+  by the sender while it pauses in an outage); *late*: a copy arrived, none in time;
+- frames the VAD marks silent are sent at the controller's ``silence_levels``, or not at
+  all when that is 0 (discontinuous transmission), and are left out of every average;
+- ``wire_bps`` counts every byte sent: headers, redundant copies, packets later dropped.
+
+QoE per frame is :func:`mimirate.ratecontrol.qoe.frame_qoe`.
 
 Everything is seeded and single-threaded: the same arguments give the same result.
 """
@@ -273,7 +283,8 @@ def simulate(
         link: the rest of the path.
         sizer: packet sizes (default: real packets, 40 header bytes).
         activity: ``[T]`` bool, False for frames the sender's VAD calls silent (sent at the
-            controller's ``silence_levels`` and left out of the averages); default all speech.
+            controller's ``silence_levels``, not at all when that is 0, and left out of the
+            averages); default all speech.
     """
     link = link or LinkConfig()
     sizer = sizer or WireSizer()
@@ -351,9 +362,17 @@ def simulate(
             next_report += link.feedback_interval_ms
         decision = controller.update(None, now)
         if decision.pause:  # the sender drops the frame (and what it was bundling)
-            pending = []
+            # ... and repeats nothing from before the pause: those frames are stale.
+            pending, previous = [], []
             continue
-        sent_levels[t] = decision.levels if speech[t] else max(decision.silence_levels, 1)
+        if not speech[t] and decision.silence_levels == 0:
+            # Discontinuous transmission: the silent frame is not sent; what was waiting
+            # for it goes now rather than wait for speech.
+            if pending:
+                send(now, pending, decision.redundancy)
+                previous, pending = pending, []
+            continue
+        sent_levels[t] = decision.levels if speech[t] else decision.silence_levels
         pending.append(t)
         if len(pending) >= decision.frames_per_packet or t == n_frames - 1:
             send(now, pending, decision.redundancy)

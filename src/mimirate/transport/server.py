@@ -37,6 +37,7 @@ from mimirate.config import DEFAULT_MODEL
 from mimirate.errors import ConfigError, FormatError
 from mimirate.transport import wire
 from mimirate.transport.limits import AddressRateLimiter, Limits
+from mimirate.transport.pool import StreamPool
 from mimirate.transport.session import (
     FixedPolicy,
     RateController,
@@ -196,6 +197,11 @@ class MimirateServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Codec work runs here so the event loop keeps serving while a frame decodes.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mimirate-codec")
+        # Every session's frame of a tick goes through one batched codec call. One call at
+        # a time: splitting a tick over both threads was 2-7x slower at 8 sessions on a
+        # busy 2-core machine (benchmarks/bench_load.py --workers 2), the model's Python
+        # side contending for the GIL; the other thread stays free for file work.
+        self.streams = StreamPool(self.codec, self._pool, workers=1)
         self._limiter = AddressRateLimiter(
             self.limits.packets_per_second,
             self.limits.burst_packets,
@@ -492,7 +498,6 @@ class MimirateServer:
         listener.cap = int(min(max(cap, 1), self.codec.num_levels))
 
     async def _ws_writer(self, listener: WsListener, room: Room) -> None:
-        loop = asyncio.get_running_loop()
         frame_size = self.codec.frame_size
         header = np.zeros(2, dtype="<u4")
         while True:
@@ -501,7 +506,7 @@ class MimirateServer:
             full = np.zeros((self.codec.num_levels, 1), dtype=np.uint16)
             full[:levels, 0] = frame.codes
             lv = np.array([levels], dtype=np.int64)
-            audio = await loop.run_in_executor(self._pool, listener.decoder.push, full, lv)
+            audio = await self.streams.decode(listener.decoder, full, lv)
             pcm = np.clip(np.asarray(audio).reshape(-1)[:frame_size], -1, 1)
             header[0] = frame.index & 0xFFFFFFFF
             header[1] = levels
@@ -671,7 +676,7 @@ class MimirateServer:
             if len(chunk) < n:  # loop the file: the stream (and the encoder) continue
                 chunk = np.concatenate([chunk, audio[: n - len(chunk)]])
             pos = (pos + n) % len(audio)
-            encoded = await loop.run_in_executor(self._pool, encoder.push, chunk)
+            encoded = await self.streams.encode(encoder, chunk)
             for t in range(encoded.num_frames):
                 self._publish(room, None, FrameCodes(index, encoded.codes[:, t].copy()))
                 index += 1
