@@ -53,6 +53,7 @@ from tqdm import tqdm
 from mimirate.config import MimiConfig, get_preset
 from mimirate.errors import CheckpointError, ConfigError, MimirateError
 from mimirate.models.mimi import MimiModel
+from mimirate.models.quantization import CHECK_UNUSED_EVERY
 from mimirate.train import checkpoint
 from mimirate.train.data import Augmentation, Clip, CropSampler
 from mimirate.train.discriminator import MultiScaleSTFTDiscriminator
@@ -311,7 +312,7 @@ class Trainer:
             torch.cat(parts)[: cfg.kmeans_frames], cfg.kmeans_iters, float(parts[0].shape[0])
         )
         for _, cb in _codebooks(self.model):
-            cb._steps_to_check = 5
+            cb._steps_to_check = CHECK_UNUSED_EVERY
         return min(total, cfg.kmeans_frames)
 
     def train_step(self) -> StepResult:

@@ -9,8 +9,10 @@ measured for any model, senders keep fixed levels (and say so in their stats).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from mimirate.errors import ConfigError
-from mimirate.transport.session import RateController, SendDecision
+from mimirate.transport.session import FixedPolicy, RateController, SendDecision
 from mimirate.transport.wire import FeedbackReport
 
 
@@ -63,3 +65,31 @@ def make_controller(num_levels: int, model: str, table: str | None = None) -> Ra
         options = OptionTable(WireSizer(), quality, levels=levels)
         return AdaptivePolicy(AdaptiveController(options), num_levels)
     return None
+
+
+class SendSettings(Protocol):
+    """What a sender is configured with (``ServerConfig`` and ``ClientOptions`` both are)."""
+
+    @property
+    def levels(self) -> int: ...
+    @property
+    def frames_per_packet(self) -> int: ...
+    @property
+    def redundancy_levels(self) -> int: ...
+    @property
+    def adaptive(self) -> bool: ...
+    @property
+    def quality_table(self) -> str | None: ...
+
+
+def make_policy(
+    settings: SendSettings, num_levels: int, model: str
+) -> tuple[RateController, SendDecision]:
+    """The sender's policy and its first decision: the adaptive controller when asked for
+    and a quality table exists, else the fixed settings."""
+    initial = SendDecision(settings.levels, settings.frames_per_packet, settings.redundancy_levels)
+    if settings.adaptive:
+        controller = make_controller(num_levels, model, settings.quality_table)
+        if controller is not None:
+            return controller, initial
+    return FixedPolicy(initial), initial

@@ -22,12 +22,10 @@ import numpy as np
 from mimirate.codec import Codec
 from mimirate.errors import ConfigError, MimirateError
 from mimirate.transport import wire
+from mimirate.transport.adapt import make_policy
 from mimirate.transport.jitter import JitterBuffer
 from mimirate.transport.session import (
-    FixedPolicy,
-    RateController,
     Receiver,
-    SendDecision,
     Sender,
 )
 from mimirate.transport.udp import Address, MediaProtocol, open_udp
@@ -177,19 +175,6 @@ class StreamResult:
     audio: np.ndarray | None
     send: SendStats | None
     listen: ListenStats | None
-
-
-def _make_policy(
-    options: ClientOptions, num_levels: int, model: str
-) -> tuple[RateController, SendDecision]:
-    initial = SendDecision(options.levels, options.frames_per_packet, options.redundancy_levels)
-    if options.adaptive:
-        from mimirate.transport.adapt import make_controller
-
-        controller = make_controller(num_levels, model, options.quality_table)
-        if controller is not None:
-            return controller, initial
-    return FixedPolicy(initial), initial
 
 
 async def open_session(
@@ -343,7 +328,7 @@ class StreamClient:
     async def _publish(self, source: AsyncIterator[np.ndarray]) -> SendStats:
         assert self._udp is not None
         codec, o = self.codec, self.options
-        policy, initial = _make_policy(o, codec.num_levels, codec.name)
+        policy, initial = make_policy(o, codec.num_levels, codec.name)
         sender = self._sender = Sender(codec.num_levels, policy, initial)
         encoder = codec.stream_encoder()
         loop = asyncio.get_running_loop()

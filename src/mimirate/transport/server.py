@@ -36,13 +36,11 @@ from mimirate.codec import Codec
 from mimirate.config import DEFAULT_MODEL
 from mimirate.errors import ConfigError, FormatError
 from mimirate.transport import wire
+from mimirate.transport.adapt import make_policy
 from mimirate.transport.limits import AddressRateLimiter, Limits
 from mimirate.transport.pool import StreamPool
 from mimirate.transport.session import (
-    FixedPolicy,
-    RateController,
     ReceiveMonitor,
-    SendDecision,
     Sender,
 )
 from mimirate.transport.udp import Address, MediaProtocol, open_udp
@@ -163,19 +161,6 @@ def _load_codec(config: ServerConfig) -> Codec:
     return load_codec(config.model, path=config.model_path)
 
 
-def _make_policy(
-    config: ServerConfig, num_levels: int, model: str
-) -> tuple[RateController, SendDecision]:
-    initial = SendDecision(config.levels, config.frames_per_packet, config.redundancy_levels)
-    if config.adaptive:
-        from mimirate.transport.adapt import make_controller
-
-        controller = make_controller(num_levels, model, config.quality_table)
-        if controller is not None:
-            return controller, initial
-    return FixedPolicy(initial), initial
-
-
 class MimirateServer:
     """The server. ``await start()``, then ``await stop()`` (also an async context manager).
 
@@ -222,7 +207,7 @@ class MimirateServer:
         if config.messages_dir is not None and not Path(config.messages_dir).is_dir():
             raise ConfigError(f"--messages {config.messages_dir}: no such folder")
         if config.adaptive and config.quality_table is not None:
-            _make_policy(config, self.codec.num_levels, self.codec.name)  # fail early if bad
+            make_policy(config, self.codec.num_levels, self.codec.name)  # fail early if bad
         if config.token is not None and len(config.token) < 8:
             raise ConfigError("the token must have at least 8 characters")
 
@@ -363,7 +348,7 @@ class MimirateServer:
             sid = secrets.randbits(32)
         session = Session(sid, room_name, publish, subscribe, ip, now, now)
         if subscribe:
-            policy, initial = _make_policy(self.config, self.codec.num_levels, self.codec.name)
+            policy, initial = make_policy(self.config, self.codec.num_levels, self.codec.name)
             session.sender = Sender(self.codec.num_levels, policy, initial)
             room.listeners.append(session)
         if publish:
