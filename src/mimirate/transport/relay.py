@@ -8,7 +8,8 @@ Seeded, so a run's losses are reproducible. Only forwards between the one client
 heard from and the one upstream address it was given.
 
 Run it alone: ``python -m mimirate.transport.relay --listen 127.0.0.1:9000
---upstream 127.0.0.1:8750 --loss 0.1 --delay-ms 20``.
+--upstream 127.0.0.1:8750 --loss 0.1 --delay-ms 20``. ``--down-trace FILE`` replays a
+bandwidth trace (``ratecontrol.traces`` formats) as the downlink capacity over time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import signal
 from dataclasses import dataclass
 
 import numpy as np
+
+from mimirate.errors import MimirateError
 
 Address = tuple[str, int]
 
@@ -223,6 +226,30 @@ def _schedule(text: str) -> list[tuple[float, float]]:
     return sorted(steps)  # type: ignore[arg-type]
 
 
+#: Capacity given to a trace's outage pieces (a zero rate would mean "unlimited" here).
+OUTAGE_KBPS = 0.5
+
+
+def trace_schedule(
+    path: str, seconds: float, mean_kbps: float, step_s: float = 0.5
+) -> list[tuple[float, float]]:
+    """The first ``seconds`` of the trace at ``path`` as a downlink schedule, scaled so its
+    mean over those seconds is ``mean_kbps``: [(seconds, kbit/s)] every ``step_s``.
+
+    Each step carries the trace's average rate over it (bytes it could carry / step), so
+    short bursts and outages of a Mahimahi trace keep their weight.
+    """
+    from mimirate.ratecontrol.traces import load_trace
+
+    trace = load_trace(path, scale_kbps=1000.0)  # rates in the trace's own bit/s
+    edges = np.arange(0.0, seconds + step_s, step_s)
+    carried = np.diff(np.asarray(trace.bytes_by(edges), dtype=np.float64)) * 8 / step_s
+    if not carried.sum() > 0:
+        raise argparse.ArgumentTypeError(f"{path}: the trace carries nothing in {seconds} s")
+    kbps = np.maximum(carried / carried.mean() * mean_kbps, OUTAGE_KBPS)
+    return [(float(t), round(float(k), 3)) for t, k in zip(edges[:-1], kbps, strict=True)]
+
+
 def _address(text: str) -> Address:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -241,9 +268,30 @@ def main() -> None:
         help="downlink capacity, kbit/s (IP/UDP headers counted), or a schedule "
         "'T:KBPS,T:KBPS,...' of capacities from T seconds after the first datagram",
     )
+    p.add_argument(
+        "--down-trace",
+        metavar="FILE",
+        help="replay this bandwidth trace as the downlink capacity (instead of --down-kbps)",
+    )
+    p.add_argument(
+        "--trace-mean-kbps",
+        type=float,
+        default=8.0,
+        help="scale the trace to this mean capacity over --trace-seconds (default 8)",
+    )
+    p.add_argument("--trace-seconds", type=float, default=60.0, help="seconds of trace to play")
     p.add_argument("--queue-bytes", type=int, default=3000, help="bottleneck queue")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.down_trace is not None:
+        if args.down_kbps is not None:
+            p.error("give --down-kbps or --down-trace, not both")
+        try:
+            args.down_kbps = trace_schedule(
+                args.down_trace, args.trace_seconds, args.trace_mean_kbps
+            )
+        except (argparse.ArgumentTypeError, MimirateError) as e:
+            p.error(str(e))
 
     async def run() -> None:
         up = Impairment(loss=args.loss, delay_ms=args.delay_ms)
