@@ -27,6 +27,9 @@ from mimirate.errors import MimirateError
 
 Address = tuple[str, int]
 
+#: How often a packet being serialised looks at the bottleneck rate again.
+RATE_STEP_S = 0.02
+
 
 @dataclass
 class Impairment:
@@ -88,11 +91,23 @@ class _Direction:
             data, dest = self.queue[0]
             if self.imp.rate_bps:
                 # Serialisation at the bottleneck rate, on an absolute schedule: a busy
-                # event loop waking late must not slow the link down as well.
-                free_at = max(free_at, loop.time()) + (len(data) + 28) * 8 / self.imp.rate_bps
-                delay = free_at - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                # event loop waking late must not slow the link down as well. The rate is
+                # read again every RATE_STEP_S, so a change (a trace's outage ending)
+                # applies to the packet on the wire too, as it does with tc.
+                clock = max(free_at, loop.time())
+                bits = (len(data) + 28) * 8.0
+                while True:
+                    rate = self.imp.rate_bps
+                    done_at = clock + bits / rate
+                    if done_at <= loop.time() + RATE_STEP_S:
+                        free_at = done_at
+                        if done_at > loop.time():
+                            await asyncio.sleep(done_at - loop.time())
+                        break
+                    await asyncio.sleep(RATE_STEP_S)
+                    now = loop.time()
+                    bits -= (now - clock) * rate
+                    clock = now
             self.queue.popleft()
             self.queued -= len(data) + 28
             self.stats.forwarded += 1
