@@ -130,16 +130,7 @@ def main() -> int:
     for k in (8, 32):
         plain = ent = 0
         for c in dev_codes:
-            mf = MimiFile(
-                model=codec.name,
-                weights_hash=codec.weights_hash,
-                sample_rate=codec.sample_rate,
-                frame_rate=codec.frame_rate,
-                bits_per_code=codec.bits_per_code,
-                num_levels=k,
-                num_samples=c.shape[1] * codec.frame_size,
-                codes=c[:k],
-            )
+            mf = MimiFile.of_codec(codec, c[:k], c.shape[1] * codec.frame_size)
             plain += len(mf.to_bytes())
             e = mf.with_entropy(table).to_bytes()
             assert np.array_equal(MimiFile.parse(e, table).codes, c[:k])

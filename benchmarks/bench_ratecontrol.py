@@ -175,19 +175,8 @@ def container_bytes(codec, enc, levels: np.ndarray | None, k: int | None = None)
 
     kk = codec.num_levels if k is None else k
     codes = enc.codes[:kk]
-    return len(
-        MimiFile(
-            codec.name,
-            codec.weights_hash,
-            codec.sample_rate,
-            codec.frame_rate,
-            codec.bits_per_code,
-            kk,
-            enc.num_samples,
-            codes,
-            None if levels is None else levels.astype(np.uint8),
-        ).to_bytes()
-    )
+    levels = None if levels is None else levels.astype(np.uint8)
+    return len(MimiFile.of_codec(codec, codes, enc.num_samples, levels=levels).to_bytes())
 
 
 def adaptive_levels(codec, s: Scored, budget_bytes: int, cal, silent) -> np.ndarray:
@@ -393,16 +382,7 @@ def progressive(args: argparse.Namespace) -> dict:
     rows = []
     for f in tqdm(files, desc="progressive", unit="file"):
         s = Scored(codec, f)
-        mf = MimiFile(
-            codec.name,
-            codec.weights_hash,
-            codec.sample_rate,
-            codec.frame_rate,
-            codec.bits_per_code,
-            codec.num_levels,
-            s.enc.num_samples,
-            s.enc.codes,
-        )
+        mf = MimiFile.of_codec(codec, s.enc.codes, s.enc.num_samples)
         for tr in traces:
             a, b = compare(mf, tr, table)
             rows.append((tr.name, mf.duration_s, a, b))

@@ -387,3 +387,17 @@ def test_public_api_and_no_torch():
     code = "import sys, mimirate.bitstream; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_of_codec_takes_the_header_fields_from_the_codec() -> None:
+    from types import SimpleNamespace
+
+    codec = SimpleNamespace(
+        name="tiny", weights_hash=bytes(range(8)), sample_rate=24_000, frame_rate=12.5,
+        bits_per_code=11,
+    )  # fmt: skip
+    codes = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    mf = MimiFile.of_codec(codec, codes, 4 * 1920, chunk_frames=2)
+    header = ("tiny", bytes(range(8)), 24_000, 12.5, 11, 3, 4 * 1920)
+    expected = MimiFile(*header, codes, chunk_frames=2)
+    assert mf.to_bytes() == expected.to_bytes()

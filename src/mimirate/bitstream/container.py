@@ -18,7 +18,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -140,6 +140,22 @@ def _scatter(flat: np.ndarray, k: int, levels: np.ndarray | None, n: int) -> np.
     return out
 
 
+class CodecIdentity(Protocol):
+    """What a file header records of the codec that made its codes
+    (:class:`mimirate.codec.Codec` has all of it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def weights_hash(self) -> bytes: ...
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def frame_rate(self) -> float: ...
+    @property
+    def bits_per_code(self) -> int: ...
+
+
 @dataclass(frozen=True, eq=False)
 class MimiFile:
     """A whole ``.mimi`` file in memory.
@@ -238,6 +254,24 @@ class MimiFile:
         if self.levels is None:
             return np.full(self.num_frames, self.num_levels, dtype=np.uint8)
         return self.levels
+
+    @classmethod
+    def of_codec(
+        cls, codec: CodecIdentity, codes: np.ndarray, num_samples: int, **options: Any
+    ) -> MimiFile:
+        """The file of ``codes`` ``[K, T]`` made by ``codec`` (``K`` levels), covering
+        ``num_samples``; ``options`` are the other fields (``levels``, ``entropy``, ...)."""
+        return cls(
+            model=codec.name,
+            weights_hash=codec.weights_hash,
+            sample_rate=codec.sample_rate,
+            frame_rate=codec.frame_rate,
+            bits_per_code=codec.bits_per_code,
+            num_levels=codes.shape[0],
+            num_samples=num_samples,
+            codes=codes,
+            **options,
+        )
 
     @classmethod
     def blank(

@@ -194,15 +194,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     audio = read_audio(args.input, codec.sample_rate)
     enc = codec.encode(audio.samples, levels=k)
     table = _table(args.table, codec.name, codec.weights_hash) if args.entropy else None
-    mf = MimiFile(
-        model=codec.name,
-        weights_hash=codec.weights_hash,
-        sample_rate=codec.sample_rate,
-        frame_rate=codec.frame_rate,
-        bits_per_code=codec.bits_per_code,
-        num_levels=k,
-        num_samples=enc.num_samples,
-        codes=enc.codes,
+    mf = MimiFile.of_codec(
+        codec,
+        enc.codes,
+        enc.num_samples,
         chunk_frames=args.chunk_frames,
         entropy=table is not None,
         entropy_table=table,

@@ -103,16 +103,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[DemoRow] = []
     decoded: dict[int, np.ndarray] = {}
     for k in args.levels:
-        mf = MimiFile(
-            model=codec.name,
-            weights_hash=codec.weights_hash,
-            sample_rate=codec.sample_rate,
-            frame_rate=codec.frame_rate,
-            bits_per_code=codec.bits_per_code,
-            num_levels=k,
-            num_samples=encoded.num_samples,
-            codes=np.ascontiguousarray(encoded.codes[:k]),
-        )
+        mf = MimiFile.of_codec(codec, np.ascontiguousarray(encoded.codes[:k]), encoded.num_samples)
         data = mf.to_bytes()
         mimi_path = out / f"levels-{k:02d}.mimi"
         atomic_write_bytes(mimi_path, data)

@@ -379,16 +379,7 @@ class _Worker:
         adaptive = self.config.adaptive_kbps
         enc = codec.encode(x, levels=codec.num_levels if adaptive else max(levels))
         for k in levels:
-            mf = MimiFile(
-                model=codec.name,
-                weights_hash=codec.weights_hash,
-                sample_rate=codec.sample_rate,
-                frame_rate=codec.frame_rate,
-                bits_per_code=codec.bits_per_code,
-                num_levels=k,
-                num_samples=enc.num_samples,
-                codes=enc.codes[:k],
-            )
+            mf = MimiFile.of_codec(codec, enc.codes[:k], enc.num_samples)
             data = mf.to_bytes()
             # Decode what the file holds, not the codes we meant to write.
             stored = MimiFile.parse(data).codes
@@ -427,17 +418,7 @@ class _Worker:
                 frame_rate=codec.frame_rate,
                 bits=codec.bits_per_code,
             )
-            mf = MimiFile(
-                model=codec.name,
-                weights_hash=codec.weights_hash,
-                sample_rate=codec.sample_rate,
-                frame_rate=codec.frame_rate,
-                bits_per_code=codec.bits_per_code,
-                num_levels=enc.num_levels,
-                num_samples=enc.num_samples,
-                codes=enc.codes,
-                levels=alloc.levels,
-            )
+            mf = MimiFile.of_codec(codec, enc.codes, enc.num_samples, levels=alloc.levels)
             data = mf.to_bytes()
             parsed = MimiFile.parse(data)
             entropy_bytes = None
