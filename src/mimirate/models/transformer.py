@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimirate.config import TransformerConfig
+from mimirate.models.kernels import linear
 from mimirate.models.streaming import param_like
 
 
@@ -147,7 +148,7 @@ class MultiheadSelfAttention(nn.Module):
         """``[B, T, C] -> [B, T, C]``; writes this step's keys and values into ``cache``."""
         B, T, C = x.shape
         H = self.num_heads
-        qkv = F.linear(x, self.in_proj_weight).view(B, T, 3, H, C // H)
+        qkv = linear(x, self.in_proj_weight).view(B, T, 3, H, C // H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
@@ -164,7 +165,7 @@ class MultiheadSelfAttention(nn.Module):
         if not plan.in_place:
             plan.write(cache.keys, k[:, :, T - plan.keep :])
             plan.write(cache.values, v[:, :, T - plan.keep :])
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, C))
+        return linear(out.transpose(1, 2).reshape(B, T, C), self.out_proj.weight)
 
 
 class TransformerLayer(nn.Module):
@@ -191,7 +192,7 @@ class TransformerLayer(nn.Module):
     ) -> torch.Tensor:
         """``[B, T, C] -> [B, T, C]``."""
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), cos, sin, cache, plan))
-        update = self.linear2(F.gelu(self.linear1(self.norm2(x))))
+        update = linear(F.gelu(linear(self.norm2(x), self.linear1.weight)), self.linear2.weight)
         return x + self.layer_scale_2(update)
 
 

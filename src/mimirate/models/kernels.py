@@ -1,0 +1,78 @@
+"""Linear maps and convolutions laid out for streaming steps on the CPU.
+
+A streaming step multiplies large weights by very few columns: 2 transformer positions
+per frame, one latent frame for the quantizer, 2-4 output steps in the deepest SEANet
+convolutions. PyTorch hands ``F.linear(x, W)`` with few rows to BLAS as
+``x @ W.T``, a shape that MKL on the x86 CPUs we measured (AMD EPYC, MKL 2024.2)
+runs at 4 GB/s from memory; the same product written weight-major, ``(W @ x.T).T``,
+streams the weight at 2-3x that speed (``benchmarks/profile_modules.py``). The deepest
+strided convolutions with 2-4 output steps fall to PyTorch's slow im2col path, which
+the same weight-major GEMM on explicitly unfolded input beats by 2.5-3.5x. And 1x1
+convolutions are plain GEMMs at every length.
+
+The values equal PyTorch's to float rounding (the sums run in another order), not
+bit for bit; codes agree with the references (the parity tests and the benchmarks
+check it). GPUs, large batches and offline chunks keep PyTorch's own kernels, where
+those are fastest; autograd works through both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+#: Products with at most this many columns (batch x steps) take the weight-major path.
+SMALL_COLUMNS = 8
+
+
+def _small(x: torch.Tensor, columns: int) -> bool:
+    return x.device.type == "cpu" and columns <= SMALL_COLUMNS
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``: ``x [..., in]``, ``weight [out, in]`` -> ``[..., out]``."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if not _small(x, rows) or rows == 0:
+        return F.linear(x, weight, bias)
+    # Rows contiguous, so that BLAS sees a transposed operand: given the same columns
+    # as a contiguous [in, rows] matrix, MKL takes a path 2x slower again.
+    flat = x.reshape(rows, x.shape[-1]).contiguous()
+    y = torch.mm(weight, flat.t()).t()
+    if bias is not None:
+        y = y + bias
+    return y.contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+def conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """``F.conv1d`` without padding: ``x [B, C_in, L]``, ``weight [C_out, C_in, K]``."""
+    B, c_in, length = x.shape
+    c_out, _, kernel = weight.shape
+    span = (kernel - 1) * dilation + 1
+    steps = (length - span) // stride + 1 if length >= span else 0
+    if groups != 1 or steps == 0:
+        return F.conv1d(x, weight, bias, stride, dilation=dilation, groups=groups)
+    if kernel == 1 and stride == 1 and x.device.type == "cpu":
+        # A 1x1 conv is one GEMM; oneDNN's conv with 32 input channels on long inputs
+        # runs 2.6x slower than it (SEANet's first residual block, offline).
+        w = weight[:, :, 0]
+        if bias is None:
+            return torch.matmul(w, x)
+        if B == 1:
+            return torch.addmm(bias[:, None], w, x[0])[None]
+        return torch.baddbmm(bias[:, None], w.expand(B, -1, -1), x)
+    if not _small(x, B * steps):
+        return F.conv1d(x, weight, bias, stride, dilation=dilation, groups=groups)
+    # im2col: [B, C_in, steps, span] windows, then the dilation's taps.
+    cols = x.unfold(-1, span, stride)[..., ::dilation]
+    cols = cols.permute(0, 2, 1, 3).reshape(B * steps, c_in * kernel)
+    y = torch.mm(weight.reshape(c_out, c_in * kernel), cols.t())  # [C_out, B * steps]
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.view(c_out, B, steps).transpose(0, 1)

@@ -1,0 +1,87 @@
+"""The CPU kernels for streaming steps compute what PyTorch's own do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mimirate.models import kernels
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 9, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_torch(rows: int, bias: bool) -> None:
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(1, rows, 96, generator=g)
+    w = torch.randn(160, 96, generator=g)
+    b = torch.randn(160, generator=g) if bias else None
+    y = kernels.linear(x, w, b)
+    assert y.shape == (1, rows, 160) and y.is_contiguous()
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_takes_strided_input_and_backpropagates() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, generator=g).t().requires_grad_()  # [2, 64], non-contiguous
+    w = torch.randn(32, 64, generator=g, requires_grad=True)
+    kernels.linear(x, w).square().sum().backward()
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.linear(x2, w2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_large_linear_is_torch_bit_for_bit() -> None:
+    x = torch.randn(3, 40, 64)
+    w = torch.randn(48, 64)
+    assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+
+
+@pytest.mark.parametrize(
+    ("batch", "length", "kernel", "stride", "dilation", "bias"),
+    [
+        (1, 24, 16, 8, 1, True),  # deepest encoder conv: 2 steps
+        (1, 8, 7, 1, 1, True),  # first decoder conv: 2 steps
+        (2, 9, 3, 1, 3, False),  # dilated, two streams
+        (1, 7, 3, 2, 1, True),  # length not landing on a stride
+        (1, 2000, 3, 1, 1, True),  # long: PyTorch's kernel
+        (3, 50, 1, 1, 1, True),  # 1x1, several streams
+        (1, 5000, 1, 1, 1, False),  # 1x1, long, no bias
+    ],
+)
+def test_conv1d_matches_torch(
+    batch: int, length: int, kernel: int, stride: int, dilation: int, bias: bool
+) -> None:
+    g = torch.Generator().manual_seed(length)
+    x = torch.randn(batch, 24, length, generator=g)
+    w = torch.randn(40, 24, kernel, generator=g)
+    b = torch.randn(40, generator=g) if bias else None
+    y = kernels.conv1d(x, w, b, stride, dilation)
+    ref = F.conv1d(x, w, b, stride, dilation=dilation)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_conv1d_shorter_than_its_kernel_fails_as_torch_does() -> None:
+    x = torch.randn(1, 4, 2)
+    w = torch.randn(5, 4, 3)
+    with pytest.raises(RuntimeError, match="Kernel size"):
+        kernels.conv1d(x, w)
+
+
+def test_grouped_conv1d_is_torch() -> None:
+    x = torch.randn(1, 8, 6)
+    w = torch.randn(8, 2, 3)
+    assert torch.equal(kernels.conv1d(x, w, groups=4), F.conv1d(x, w, groups=4))
+
+
+def test_small_conv1d_backpropagates() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 6, 10, generator=g, requires_grad=True)
+    w = torch.randn(4, 6, 4, generator=g, requires_grad=True)
+    kernels.conv1d(x, w, None, 3).sum().backward()
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv1d(x2, w2, None, 3).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
