@@ -10,6 +10,10 @@ audio and the same random weights (official ``mimi`` config; ours also ``small``
 - peak RSS while streaming (after loading), and of the whole process.
 
     .venv/bin/python benchmarks/bench_codec.py [--seconds 10] [--threads 2] [--json]
+
+With ``--batch N`` it measures instead the offline throughput of N clips at once, ours
+against transformers' ``MimiModel``, on ``--device`` in ``--dtype`` (the GPU figure of
+issue 2: ``--batch 64 --device cuda --dtype bfloat16``).
 """
 
 from __future__ import annotations
@@ -137,13 +141,121 @@ def _worker(impl: str, preset: str, ckpt: str, seconds: float, threads: int) -> 
     return out
 
 
+def _batch_worker(impl: str, ckpt: str, seconds: float, batch: int, device: str, dtype: str):
+    """Offline encode and decode of ``batch`` clips at once on ``device``, x real time
+    summed over the batch (the issue's GPU figure: batch 64 in bf16)."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    x = torch.from_numpy(np.tile(_audio(seconds), (batch, 1)))[:, None].to(device, dt)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def timed(run) -> float:
+        def once() -> None:
+            run()
+            sync()
+
+        once()  # warm-up: kernels picked, memory pooled
+        return _best(once)
+
+    with torch.inference_mode():
+        if impl == "ours":
+            from mimirate.models.loading import load_model
+
+            model = load_model(path=ckpt).model.to(device, dt).eval()
+            codes = model.encode(x).codes
+            enc_t = timed(lambda: model.encode(x))
+            dec_t = timed(lambda: model.decode(codes))
+        else:
+            from transformers import MimiConfig, MimiModel
+
+            from mimirate.config import MIMI
+            from mimirate.models.loading import Layout, _read_safetensors, convert_state_dict
+
+            m = MimiModel(MimiConfig()).eval()
+            m.load_state_dict(
+                convert_state_dict(
+                    _read_safetensors(Path(ckpt)), Layout.KYUTAI, Layout.HF_MODULE, MIMI
+                )
+            )
+            m = m.to(device, dt)
+            codes = m.encode(x).audio_codes
+            enc_t = timed(lambda: m.encode(x))
+            dec_t = timed(lambda: m.decode(codes))
+    total = batch * seconds
+    return {
+        "impl": impl,
+        "batch": batch,
+        "device": device,
+        "dtype": dtype,
+        "encode_xrt": total / enc_t,
+        "decode_xrt": total / dec_t,
+    }
+
+
+def batch_main(args: argparse.Namespace) -> int:
+    from mimirate.models.loading import load_model, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load_model("mimi", random_init=True, seed=0)
+        ckpt = str(save_checkpoint(loaded.model, Path(tmp) / "mimi.safetensors", loaded.config))
+        del loaded
+        results = []
+        for impl in ("ours", "transformers"):
+            cmd = [sys.executable, __file__, "--batch-worker", impl, ckpt]
+            cmd += ["--seconds", str(args.seconds), "--batch", str(args.batch)]
+            cmd += ["--device", args.device, "--dtype", args.dtype]
+            cmd += ["--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    ours, ref = results
+    summary = {
+        "results": results,
+        "encode_speedup_vs_transformers": ours["encode_xrt"] / ref["encode_xrt"],
+        "decode_speedup_vs_transformers": ours["decode_xrt"] / ref["decode_xrt"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in results:
+            print(r)
+        for k, v in summary.items():
+            if k != "results":
+                print(f"{k}: {v:.3f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="instead: offline throughput of this many clips at once, ours vs transformers",
+    )
+    ap.add_argument("--device", default="cpu", help="device of the --batch runs (cuda on a GPU)")
+    ap.add_argument(
+        "--dtype", default="float32", help="dtype of the --batch runs (bfloat16 on a GPU)"
+    )
     ap.add_argument("--worker", nargs=3, metavar=("IMPL", "PRESET", "CKPT"), help=argparse.SUPPRESS)
+    ap.add_argument("--batch-worker", nargs=2, metavar=("IMPL", "CKPT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.batch_worker:
+        impl, ckpt = args.batch_worker
+        import torch
+
+        torch.set_num_threads(args.threads)
+        out = _batch_worker(impl, ckpt, args.seconds, args.batch, args.device, args.dtype)
+        print(json.dumps(out))
+        return 0
+    if args.batch:
+        return batch_main(args)
     if args.worker:
         impl, preset, ckpt = args.worker
         print(
