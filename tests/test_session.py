@@ -64,6 +64,69 @@ def test_sender_cap_and_gap_flush() -> None:
         sender(levels=0)
 
 
+class _ScriptedPolicy:
+    """Pauses for the frames whose send times are listed; records every update."""
+
+    name = "scripted"
+
+    def __init__(self, paused_ms: set[float]) -> None:
+        self.paused_ms = paused_ms
+        self.updates: list[tuple[bool, float]] = []  # (had a report, now)
+
+    def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
+        pass
+
+    def update(self, report, now_ms: float) -> SendDecision:
+        self.updates.append((report is not None, now_ms))
+        return SendDecision(8, 2, 2, pause=now_ms in self.paused_ms)
+
+
+def test_sender_asks_policy_every_frame_and_drops_frames_while_paused() -> None:
+    policy = _ScriptedPolicy(paused_ms={160.0, 240.0})
+    s = Sender(32, policy, SendDecision(8, 2, 2))
+    out = [s.push(frame(i), i * 80.0) for i in range(7)]
+    assert policy.updates == [(False, i * 80.0) for i in range(7)]
+    # Frames 0-1 go out; frame 2 joins a bundle that the pause at 160 ms drops with it;
+    # frame 3 is dropped too; then 4-5 form a packet, 6 waits.
+    assert [len(o) for o in out] == [0, 1, 0, 0, 0, 1, 0]
+    assert s.paused_frames == 2 and s.packets == 2
+    after = parse_message(out[5][0])
+    assert [f.index for f in after.frames] == [4, 5]
+    # Nothing from before the pause is repeated: those frames are stale.
+    assert after.redundant == ()
+    assert sum(s.levels_sent.values()) == 5  # frames 0, 1, 2 (dropped in the bundle), 4, 5
+
+
+def test_adaptive_sender_pauses_in_an_outage_and_probes() -> None:
+    from mimirate.transport.adapt import make_controller
+
+    policy = make_controller(32, "small")
+    assert policy is not None
+    s = Sender(32, policy, SendDecision(1, 1, 0))
+    mon = ReceiveMonitor()
+    outage_ms = 2000.0  # packets sent from then on never arrive, nor do reports
+    sent_at, next_report = [], 100.0
+    for i in range(75):
+        now = i * 80.0
+        while next_report <= now and next_report < outage_ms:
+            s.on_report(mon.report(next_report), next_report)
+            next_report += 100.0
+        if now == outage_ms:
+            assert s.paused_frames == 0  # a working path is never paused
+        for data in s.push(frame(i), now):
+            sent_at.append(now)
+            if now < outage_ms:  # 30 ms one way
+                packet = parse_message(data)
+                assert isinstance(packet, MediaPacket)
+                mon.on_packet(packet, now + 30.0, len(data))
+    # Once the oldest packet has waited far longer than acknowledgements took, the path is
+    # stalled: frames are dropped unsent, but for a probe every 500 ms or so (50 frames
+    # fall in the outage: about 6 go out before the stall shows, 7 as probes).
+    assert s.paused_frames >= 25
+    gaps = np.diff([t for t in sent_at if t >= outage_ms + 1000.0])
+    assert len(gaps) >= 3 and gaps.min() >= 480.0
+
+
 def test_sequence_numbers_wrap_and_monitor_unwraps() -> None:
     mon = ReceiveMonitor()
     for i, seq in enumerate([65534, 65535, 0, 2]):  # 1 missing after the wrap

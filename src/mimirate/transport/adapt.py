@@ -1,8 +1,9 @@
 """The network-adaptive controller (``mimirate.ratecontrol``) behind the transport's interface.
 
-The transport's senders call ``on_sent`` for each packet and ``update`` with each FEEDBACK
-report (or None when a report is overdue, so an outage is noticed); the controller answers
-with a :class:`~mimirate.transport.session.SendDecision`. The controller picks settings by
+The transport's senders call ``on_sent`` for each packet, ``update`` with each FEEDBACK
+report, and ``update(None, now)`` for each frame (time-driven decisions: ramps, and pauses
+while the path is stalled); the controller answers with a
+:class:`~mimirate.transport.session.SendDecision`. The controller picks settings by
 expected quality, from the quality table measured for the model; where no table has been
 measured for any model, senders keep fixed levels (and say so in their stats).
 """
@@ -35,7 +36,9 @@ class AdaptivePolicy:
     def update(self, report: FeedbackReport | None, now_ms: float) -> SendDecision:
         feedback = None if report is None else self.reader.read(report)
         d = self.controller.update(feedback, now_ms)  # type: ignore[attr-defined]
-        return SendDecision(min(d.levels, self.max_levels), d.frames_per_packet, d.redundancy)
+        return SendDecision(
+            min(d.levels, self.max_levels), d.frames_per_packet, d.redundancy, d.pause
+        )
 
 
 def make_controller(num_levels: int, model: str, table: str | None = None) -> RateController | None:

@@ -149,6 +149,7 @@ class SendStats:
     seconds: float
     controller: str  # "adaptive" or "fixed"
     levels: tuple[tuple[int, int], ...]  # (levels, frames sent at that many levels)
+    paused_frames: int = 0  # dropped unsent while the controller paused (a stalled path)
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,7 @@ class StreamClient:
             seconds=loop.time() - start,
             controller=sender.policy.name,
             levels=tuple(sorted(sender.levels_sent.items())),
+            paused_frames=sender.paused_frames,
         )
 
     async def _listen(self) -> tuple[np.ndarray, ListenStats]:

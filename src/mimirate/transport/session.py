@@ -37,8 +37,6 @@ from mimirate.transport.wire import (
 FRAME_MS = 80.0
 #: Send times remembered for matching feedback (about 40 s of packets at 12.5/s).
 SEND_HISTORY = 512
-#: A sender that has heard no report for this long tells its controller so.
-REPORT_OVERDUE_MS = 500.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,9 @@ class SendDecision:
     levels: int
     frames_per_packet: int = 1
     redundancy_levels: int = 0  # base levels of the previous packet's frames repeated
+    #: Send nothing for now (the path is stalled: frames sent into an outage only queue
+    #: up and make the frames after it late). The controller lifts it for a probe.
+    pause: bool = False
 
 
 class RateController(Protocol):
@@ -60,7 +61,8 @@ class RateController(Protocol):
         ...
 
     def update(self, report: FeedbackReport | None, now_ms: float) -> SendDecision:
-        """A receiver report (None: one is overdue) at ``now_ms``; the decision."""
+        """A receiver report at ``now_ms``, or None: a frame is due (called every frame,
+        so that time-driven decisions, ramps and pauses, happen between reports)."""
         ...
 
 
@@ -105,7 +107,6 @@ class Sender:
         self._pending: list[FrameCodes] = []
         self._last_sent: tuple[FrameCodes, ...] = ()
         self._seq = 0
-        self._last_update_ms: float | None = None
         self._send_ms: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._min_owd: float | None = None
         self.queuing_delay_ms = 0.0  # from the latest report's arrival times
@@ -114,6 +115,7 @@ class Sender:
         self.packets = 0
         self.wire_bytes = 0  # payload only; callers add headers
         self.levels_sent: collections.Counter[int] = collections.Counter()
+        self.paused_frames = 0  # frames dropped unsent while the policy paused
 
     def set_cap(self, levels: int) -> None:
         """The receiver's level cap (1..num_levels); out-of-range values are clamped."""
@@ -137,7 +139,6 @@ class Sender:
         if delays:
             self.queuing_delay_ms = float(np.mean(delays))
         self.decision = self.policy.update(report, now_ms)
-        self._last_update_ms = now_ms
 
     def send_time_ms(self, seq: int) -> float | None:
         """When packet ``seq`` (mod 2**16) was made, on the sender's clock."""
@@ -154,12 +155,15 @@ class Sender:
         sends what is queued first.
         """
         out: list[bytes] = []
-        if self._last_update_ms is None:
-            self._last_update_ms = now_ms
-        elif now_ms - self._last_update_ms > REPORT_OVERDUE_MS:
-            # No report for a while: the controller must hear of it (an outage).
-            self.decision = self.policy.update(None, now_ms)
-            self._last_update_ms = now_ms
+        # Every frame, as the simulator the controller is tuned in does: its rate grows
+        # with time, and a missing report (an outage) shows as time without one.
+        self.decision = self.policy.update(None, now_ms)
+        if self.decision.pause:
+            # Drop the frame and what was bundled with it; repeat nothing from before
+            # the pause either (those frames are stale by the time the path is back).
+            self.paused_frames += 1
+            self._pending, self._last_sent = [], ()
+            return out
         if self._pending and frame.index != self._pending[-1].index + 1:
             out.append(self._packet(now_ms))
         levels = min(self.levels, frame.levels)
