@@ -249,21 +249,24 @@ class ResidualVectorQuantizer(nn.Module):
     def encode(self, latent: torch.Tensor, n: int) -> RVQEncoding:
         """Codes of the first ``n`` levels for ``latent`` ``[B, C, T]``."""
         B, _, T = latent.shape
-        residual = F.conv1d(latent, self.input_proj.weight)
-        dim = residual.shape[1]
+        x = F.conv1d(latent, self.input_proj.weight)
+        dim = x.shape[1]
+        # Frames as rows, [B * T, dim] in (b, t) order, through all levels: the layout the
+        # reference searches in (so reductions round as its do), and no per-level
+        # transposes (a streaming step's cost is its op count).
+        residual = x.transpose(1, 2).reshape(B * T, dim)
         codes, parts = [], []
         for j in range(n):
             book = self.codebook(j)
-            # Same layouts as the reference, so its reductions round identically.
-            c = book.nearest(residual.transpose(1, 2).reshape(-1, dim)).view(B, T)
-            q = book.lookup(c).transpose(1, 2)
+            c = book.nearest(residual)
+            q = book.lookup(c)
             residual = residual - q
             codes.append(c)
             parts.append(q)
-        stacked = torch.stack(parts)  # [n, B, dim, T]
+        stacked = torch.stack(parts)  # [n, B * T, dim]
         w = self.output_proj.weight[:, :, 0]  # [C, dim]
-        contributions = torch.einsum("cd,nbdt->nbct", w, stacked)
-        return RVQEncoding(torch.stack(codes, dim=1), contributions)
+        contributions = torch.matmul(stacked, w.t()).view(n, B, T, -1).permute(0, 1, 3, 2)
+        return RVQEncoding(torch.stack(codes, dim=1).view(B, T, n).transpose(1, 2), contributions)
 
     def decode(self, codes: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
         """``codes [B, k, T]`` (``k >= 1``) to ``[B, C, T]``.
