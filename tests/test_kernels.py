@@ -85,3 +85,16 @@ def test_small_conv1d_backpropagates() -> None:
     F.conv1d(x2, w2, None, 3).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
     torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_large_weight_conv1d_takes_the_gemm_and_matches_torch() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 256, 8 * 49 + 8, generator=g)  # 50 steps of a stride-8 conv
+    w = torch.randn(1024, 256, 8, generator=g) / 45
+    assert w.numel() >= kernels.LARGE_WEIGHT
+    b = torch.randn(1024, generator=g)
+    y = kernels.conv1d(x, w, b, 8)
+    ref = F.conv1d(x, w, b, 8)
+    assert y.shape == ref.shape == (1, 1024, 50)
+    assert not torch.equal(y, ref)  # another summation order: the GEMM path ran
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
