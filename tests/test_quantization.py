@@ -43,6 +43,27 @@ def test_centroid_cache_follows_buffer_changes() -> None:
     assert torch.equal(book.centroids, torch.ones(4, 2))
 
 
+def test_decode_gathers_all_levels_from_one_table_that_follows_the_codebooks() -> None:
+    q = _quantizer()
+    rvq = q.rvq_rest
+    codes = torch.randint(0, CFG.bins, (2, rvq.n_levels, 3))
+
+    def by_level() -> torch.Tensor:  # the plain sum of each level's centroids, projected
+        parts = [rvq.codebook(j).lookup(codes[:, j]).transpose(1, 2) for j in range(codes.shape[1])]
+        return torch.nn.functional.conv1d(sum(parts), rvq.output_proj.weight)
+
+    with torch.no_grad():
+        torch.testing.assert_close(rvq.decode(codes, None), by_level())
+        # The levels' own tables are rows of the stack: no second copy in memory.
+        stack = rvq._tables()
+        for j in range(rvq.n_levels):
+            assert rvq.codebook(j)._search_t.data_ptr() == stack[j].data_ptr()
+        # A codebook that changes (an EMA step, a load) is seen by the next decode.
+        rvq.codebook(2).embedding_sum.mul_(3.0)
+        torch.testing.assert_close(rvq.decode(codes, None), by_level())
+        assert not torch.allclose(rvq.decode(codes, None), rvq.decode(codes[:, :2], None))
+
+
 def test_codes_are_nested_and_latent_error_is_exact() -> None:
     q = _quantizer()
     latent = torch.randn(2, C, 5)
