@@ -131,7 +131,9 @@ class EuclideanCodebook(nn.Module):
         """
         self._refresh()
         norm = x.pow(2).sum(-1, keepdim=True)
-        xs = torch.cat([x.mul(-2), norm, torch.ones_like(norm)], dim=-1)
+        # -(x + x) is x * -2 to the bit, without wrapping the Python scalar in a tensor
+        # (five dispatcher ops: this runs 32 times a frame).
+        xs = torch.cat([(x + x).neg_(), norm, norm.new_ones(norm.shape)], dim=-1)
         dist = torch.mm(xs, self._search_t)
         return dist.clamp_min_(0).sqrt_().argmin(dim=-1)
 
