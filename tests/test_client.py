@@ -106,6 +106,21 @@ def test_voice_message_plays_before_it_is_downloaded(codec, tmp_path: Path) -> N
     assert means == sorted(means) and means[-1] == 32
 
 
+def _wait_for_sessions(http_port: int, count: int, timeout_s: float = 60.0) -> None:
+    """Poll the server's /api/info until ``count`` sessions exist (then let UDP settle)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/info", timeout=5) as r:
+            if json.loads(r.read())["sessions"] >= count:
+                time.sleep(0.5)
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no {count} session(s) on the server after {timeout_s} s")
+
+
 def test_cli_serve_send_listen_end_to_end(tmp_path: Path) -> None:
     """The three commands as a user runs them: separate processes over loopback."""
     wav = tmp_path / "in.wav"
@@ -138,6 +153,9 @@ def test_cli_serve_send_listen_end_to_end(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
+        # The listener must have joined before the first frame is sent (a process that
+        # imports torch can take seconds to start on a busy machine).
+        _wait_for_sessions(ready["http_port"], 1)
         send = subprocess.run(
             [
                 sys.executable,
