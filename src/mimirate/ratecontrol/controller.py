@@ -281,6 +281,8 @@ class AdaptiveController:
         self.ceiling_bps = math.inf  # receive rate at the last congestion
         self._high_reports = 0  # consecutive reports with a queue over QDELAY_HIGH_MS, growing
         self.option = options.best(self.rate_bps, 0.0, 0.0)
+        self._choice_key: tuple[float | int, ...] | None = None
+        self._choice = self.option
 
     # -- inputs ---------------------------------------------------------------------------
     def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
@@ -440,6 +442,23 @@ class AdaptiveController:
         return base + queue + DEADLINE_MARGIN_MS + np.maximum(extra, 0.0)
 
     def _choose(self) -> StreamOption:
+        # A pure function of these: the real-time sender asks every frame, and between
+        # reports they seldom change (scoring every option costs ~0.5 ms).
+        key = (
+            self.rate_bps,
+            self.loss,
+            self.base_owd_ms,
+            self.base_bytes,
+            self.qdelay_smooth_ms,
+            self.qdelay_ms,
+            self.option.index,
+        )
+        if key != self._choice_key:
+            self._choice_key = key
+            self._choice = self._choose_now()
+        return self._choice
+
+    def _choose_now(self) -> StreamOption:
         delay = self.predicted_delay_ms()
         scores = self.options.scores(self.loss, delay)
         protect = self.loss >= PROTECT_LOSS
