@@ -5,15 +5,16 @@ per frame, one latent frame for the quantizer, 2-4 output steps in the deepest S
 convolutions. PyTorch hands ``F.linear(x, W)`` with few rows to BLAS as
 ``x @ W.T``, a shape that MKL on the x86 CPUs we measured (AMD EPYC, MKL 2024.2)
 runs at 4 GB/s from memory; the same product written weight-major, ``(W @ x.T).T``,
-streams the weight at 2-3x that speed (``benchmarks/profile_modules.py``). The deepest
-strided convolutions with 2-4 output steps fall to PyTorch's slow im2col path, which
-the same weight-major GEMM on explicitly unfolded input beats by 2.5-3.5x. And 1x1
-convolutions are plain GEMMs at every length.
+streams the weight at 2-3x that speed (measured per matrix; ``benchmarks/
+profile_modules.py`` shows the effect per module). The deepest strided convolutions
+with 2-4 output steps fall to PyTorch's slow im2col path, which the same weight-major
+GEMM on explicitly unfolded input beats by 2.5-3.5x. Offline too, 1x1 convolutions
+are plain GEMMs, and so are convolutions with large weights and short outputs.
 
 The values equal PyTorch's to float rounding (the sums run in another order), not
 bit for bit; codes agree with the references (the parity tests and the benchmarks
-check it). GPUs, large batches and offline chunks keep PyTorch's own kernels, where
-those are fastest; autograd works through both.
+check it). GPUs and the rest keep PyTorch's own kernels, where those are fastest;
+autograd works through both.
 """
 
 from __future__ import annotations
