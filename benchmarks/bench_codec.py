@@ -53,6 +53,17 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def _print(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for r in summary["results"]:
+        print(r)
+    for k, v in summary.items():
+        if k != "results":
+            print(f"{k}: {v:.3f}")
+
+
 def _best(run, repeats: int = 3) -> float:
     """Shortest of ``repeats`` timed runs, in seconds: other tenants of a shared machine
     only ever add time, so the minimum is the least noisy estimate (as timeit does)."""
@@ -217,14 +228,7 @@ def batch_main(args: argparse.Namespace) -> int:
         "encode_speedup_vs_transformers": ours["encode_xrt"] / ref["encode_xrt"],
         "decode_speedup_vs_transformers": ours["decode_xrt"] / ref["decode_xrt"],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        for r in results:
-            print(r)
-        for k, v in summary.items():
-            if k != "results":
-                print(f"{k}: {v:.3f}")
+    _print(summary, args.json)
     return 0
 
 
@@ -294,14 +298,7 @@ def main() -> int:
         "encode_speedup_vs_transformers": ours["encode_xrt"] / results[2]["encode_xrt"],
         "decode_speedup_vs_transformers": ours["decode_xrt"] / results[2]["decode_xrt"],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        for r in results:
-            print(r)
-        for k, v in summary.items():
-            if k != "results":
-                print(f"{k}: {v:.3f}")
+    _print(summary, args.json)
     return 0
 
 
