@@ -38,6 +38,19 @@ def _audio(seconds: float) -> np.ndarray:
     return (0.2 * voice + 0.01 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
 
 
+def _transformers_model(ckpt: str):
+    """transformers' ``MimiModel`` (default config: the official one) with ``ckpt``'s weights."""
+    from transformers import MimiConfig, MimiModel
+
+    from mimirate.config import MIMI
+    from mimirate.models.loading import Layout, _read_safetensors, convert_state_dict
+
+    m = MimiModel(MimiConfig()).eval()
+    state = convert_state_dict(_read_safetensors(Path(ckpt)), Layout.KYUTAI, Layout.HF_MODULE, MIMI)
+    m.load_state_dict(state)
+    return m
+
+
 def _peak_rss_mb() -> float:
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a
     # worker would report its parent's peak.
@@ -121,16 +134,7 @@ def _worker(impl: str, preset: str, ckpt: str, seconds: float, threads: int) -> 
             enc_t = _best(lambda: m.encode(x))
             dec_t = _best(lambda: m.decode(c))
         else:
-            from transformers import MimiConfig, MimiModel
-
-            from mimirate.config import MIMI
-            from mimirate.models.loading import Layout, _read_safetensors, convert_state_dict
-
-            m = MimiModel(MimiConfig()).eval()
-            state = convert_state_dict(
-                _read_safetensors(Path(ckpt)), Layout.KYUTAI, Layout.HF_MODULE, MIMI
-            )
-            m.load_state_dict(state)
+            m = _transformers_model(ckpt)
             c = m.encode(x).audio_codes
             enc_t = _best(lambda: m.encode(x))
             dec_t = _best(lambda: m.decode(c))
@@ -181,18 +185,7 @@ def _batch_worker(impl: str, ckpt: str, seconds: float, batch: int, device: str,
             enc_t = timed(lambda: model.encode(x))
             dec_t = timed(lambda: model.decode(codes))
         else:
-            from transformers import MimiConfig, MimiModel
-
-            from mimirate.config import MIMI
-            from mimirate.models.loading import Layout, _read_safetensors, convert_state_dict
-
-            m = MimiModel(MimiConfig()).eval()
-            m.load_state_dict(
-                convert_state_dict(
-                    _read_safetensors(Path(ckpt)), Layout.KYUTAI, Layout.HF_MODULE, MIMI
-                )
-            )
-            m = m.to(device, dt)
+            m = _transformers_model(ckpt).to(device, dt)
             codes = m.encode(x).audio_codes
             enc_t = timed(lambda: m.encode(x))
             dec_t = timed(lambda: m.decode(codes))

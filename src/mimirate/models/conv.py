@@ -162,8 +162,8 @@ class StreamingConvTranspose1d(nn.Module):
     def forward(self, x: torch.Tensor, state: ConvTransposeState | None = None) -> torch.Tensor:
         """``[B, C_in, n] -> [B, C_out, n * stride]``; updates ``state`` in place."""
         layer = self.layer
-        short = x.device.type == "cpu" or x.shape[-1] <= GEMM_MAX_STEPS
-        if layer.groups == 1 and self.overlap == self.stride and short:
+        gemm = x.device.type == "cpu" or x.shape[-1] <= GEMM_MAX_STEPS
+        if layer.groups == 1 and self.overlap == self.stride and gemm:
             if state is None:
                 state = self.init_state(x.shape[0])
             return self._half_overlap(x, state)

@@ -32,6 +32,17 @@ OFFLINE_CHUNK_FRAMES = 50
 SEANET_TILE_FRAMES = 25
 
 
+def _in_tiles(layer: nn.Module, x: torch.Tensor, state: Any, tile: int) -> torch.Tensor:
+    """``layer(x, state)`` on ``x [B, C, N]`` in pieces of ``tile`` steps, concatenated.
+
+    Streaming makes the split exact; each piece's activations stay in cache.
+    """
+    if x.shape[-1] <= tile:
+        return layer(x, state)
+    pieces = [layer(x[..., i : i + tile], state) for i in range(0, x.shape[-1], tile)]
+    return torch.cat(pieces, dim=-1)
+
+
 @dataclass
 class EncoderState:
     """Streaming state of the encoder path, for one batch of streams (mutated in place)."""
@@ -127,16 +138,7 @@ class MimiModel(nn.Module):
                 f"expected audio [B, 1, n * {self.frame_size}], got {tuple(x.shape)}; "
                 "buffer the input to whole frames first"
             )
-        tile = SEANET_TILE_FRAMES * self.frame_size
-        if x.shape[-1] <= tile:
-            emb = self.encoder(x, state.seanet)
-        else:
-            # Streaming makes the split exact; the tiles' activations stay in cache.
-            tiles = [
-                self.encoder(x[..., i : i + tile], state.seanet)
-                for i in range(0, x.shape[-1], tile)
-            ]
-            emb = torch.cat(tiles, dim=-1)
+        emb = _in_tiles(self.encoder, x, state.seanet, SEANET_TILE_FRAMES * self.frame_size)
         emb = self.encoder_transformer(emb, state.transformer)
         return self.downsample(emb, state.downsample)
 
@@ -156,13 +158,7 @@ class MimiModel(nn.Module):
         emb = self.upsample(latent, state.upsample)
         emb = self.decoder_transformer(emb, state.transformer)
         tile = SEANET_TILE_FRAMES * self.config.downsample_stride
-        if emb.shape[-1] <= tile:
-            return self.decoder(emb, state.seanet)
-        tiles = [
-            self.decoder(emb[..., i : i + tile], state.seanet)
-            for i in range(0, emb.shape[-1], tile)
-        ]
-        return torch.cat(tiles, dim=-1)
+        return _in_tiles(self.decoder, emb, state.seanet, tile)
 
     def decode_step(
         self, codes: torch.Tensor, levels: torch.Tensor | None, state: DecoderState
