@@ -7,14 +7,14 @@ small queue long before the filter sees a trend. So this controller follows SCRe
 NADA instead and reacts to the queuing delay itself, sample by sample:
 
 - queuing delay = one-way delay - its minimum over the last :data:`BASE_DELAY_WINDOW_MS`
-  (clock offsets cancel); its average over :data:`QDELAY_HIGH_MS`, one sample over
-  :data:`QDELAY_SEVERE_MS` (cellular links deliver in bursts: one late report is jitter)
-  while less arrives than is sent (:data:`SELF_INFLICTED_RATIO`: delay that sending less
-  would not remove is no reason to send less), :data:`PERSIST_REPORTS` reports in a row
-  over :data:`QDELAY_HIGH_MS` and growing (a growing queue is ours, whatever the rates
-  say; random loss is discounted from the send rate), or no acknowledgement for far
-  longer than usual (an outage) is congestion: the rate drops to :data:`BACKOFF` x the
-  receive rate, which is what the bottleneck is delivering (GCC's
+  (clock offsets cancel). A queue that grows for :data:`PERSIST_REPORTS` reports in a row
+  past :data:`QDELAY_HIGH_MS` is ours, or no acknowledgement for far longer than usual
+  (an outage): that is congestion. A delay that is merely high is not (on a slow or bursty
+  cellular link it is serialisation and the radio's schedule; acting on it, even only
+  while the one-second receive rate lagged the send rate, cut the rate on traces with 3x
+  the capacity sent: at 3 to 12 packets a second that rate is too noisy to tell). On
+  congestion the rate drops to :data:`BACKOFF` x what the bottleneck delivered (the receive
+  rate, with the random loss after the bottleneck added back: GCC's
   rule; it drains the queue at once), at most once per :data:`DECREASE_GAP_MS`, and within
   :data:`DRAIN_MS` of a cut only if the queue is longer than it was at the cut;
 - below :data:`QDELAY_LOW_MS` the rate grows (:data:`STARTUP_GAIN_PER_S` until the first
@@ -22,7 +22,9 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   :data:`CEILING_FRACTION` of the receive rate at the last congestion; then
   :data:`INCREASE_GAIN_PER_S` up to that rate, and only :data:`ADDITIVE_BPS_PER_S` past
   it), never
-  beyond :data:`PROBE_RATIO` x what is actually being sent; in between it holds;
+  beyond :data:`PROBE_RATIO` x what is actually being sent (2: one frame a packet
+  instead of two, the delay the QoE most rewards, costs ~1.9x the wire rate, and with a
+  smaller ratio the budget never reached it on links with 10x the capacity); in between it holds;
 - loss without queuing delay is not congestion (radio loss would otherwise starve the
   stream): it is smoothed into a loss estimate that buys redundancy.
 
@@ -48,9 +50,11 @@ unsent (a pause) counts as lost. Redundancy bytes are counted in the wire rate.
 Silence and outages. Frames the sender's VAD marks silent are not sent at all
 (discontinuous transmission, :data:`SILENCE_LEVELS` = 0; the receiver plays comfort
 noise). While the path is stalled (the oldest packet unacknowledged for far longer than
-usual, and no report acknowledging anything for as long) the sender
-drops its frames unsent, but for a probe every :data:`STALL_PROBE_MS`: frames pushed into an
-outage would only queue up, be hopelessly late, and make the frames after it late too. When
+usual, and no report acknowledging anything for as long), and while even the cheapest
+setting would arrive past the playout deadline (the link carries less than the cheapest
+stream, so its queue only grows), the sender drops its frames unsent, but for a probe every
+:data:`STALL_PROBE_MS`: frames pushed into an outage or an overload would only queue up,
+be hopelessly late, and make the frames after them late too. When
 acknowledgements come back on an empty queue, the rate resumes at
 :data:`RESUME_FRACTION` of the rate before the stall (capacity after a cellular outage
 usually returns as it was), instead of climbing from the bottom.
@@ -72,12 +76,6 @@ from mimirate.ratecontrol.qoe import FRAME_MS
 
 #: Smoothed queuing delay over which the path is congested.
 QDELAY_HIGH_MS = 60.0
-#: A single queuing-delay sample this high is congestion without waiting for the average
-#: (the p95 target is 150 ms; reports come every ~100 ms, so act before it is reached).
-QDELAY_SEVERE_MS = 120.0
-#: Delay counts as self-inflicted (congestion) only while the receive rate is under this
-#: fraction of the send rate (both over the last second).
-SELF_INFLICTED_RATIO = 0.9
 #: Consecutive reports with a queuing delay over QDELAY_HIGH_MS, each longer than the one
 #: before, that are congestion.
 PERSIST_REPORTS = 3
@@ -85,7 +83,7 @@ PERSIST_REPORTS = 3
 QDELAY_EMPTY_MS = 10.0
 #: Queuing delay under which the rate may grow.
 QDELAY_LOW_MS = 40.0
-#: Rate after congestion, as a fraction of the receive rate.
+#: Rate after congestion, as a fraction of the rate the bottleneck delivered.
 BACKOFF = 0.85
 #: Shortest time between two decreases (the queue needs a moment to drain).
 DECREASE_GAP_MS = 500.0
@@ -101,9 +99,11 @@ CEILING_FRACTION = 0.9
 #: Least growth per second when growing.
 ADDITIVE_BPS_PER_S = 300.0
 #: The budget never exceeds this times the rate actually sent (no runaway while app-limited).
-PROBE_RATIO = 1.5
+PROBE_RATIO = 2.0
 #: First budget, bit/s (one level at four frames a packet fits, and a bit more).
 START_RATE_BPS = 2000.0
+#: Window over which send and receive rates are measured.
+RATE_WINDOW_MS = 1000.0
 #: Window of the minimum one-way delay.
 BASE_DELAY_WINDOW_MS = 10_000.0
 #: Smoothing of the loss estimate, per packet accounted for.
@@ -291,14 +291,19 @@ class AdaptiveController:
         self._last_sent_ms = send_ms
 
     def send_rate_bps(self, now_ms: float) -> float:
-        while self._sent and self._sent[0][0] <= now_ms - 1000.0:
+        while self._sent and self._sent[0][0] <= now_ms - RATE_WINDOW_MS:
             self._sent.popleft()
-        return sum(b for _, b in self._sent) * 8.0
+        return sum(b for _, b in self._sent) * 8000.0 / RATE_WINDOW_MS
 
     @property
     def receive_rate_bps(self) -> float:
         """Wire bit/s that arrived over the last second of the receiver's clock."""
-        return sum(b for _, b in self._received) * 8.0
+        return sum(b for _, b in self._received) * 8000.0 / RATE_WINDOW_MS
+
+    @property
+    def delivered_rate_bps(self) -> float:
+        """What the bottleneck delivered: the receive rate before random loss after it."""
+        return self.receive_rate_bps / max(1.0 - self.loss, 0.5)
 
     def _take(self, fb: Feedback, now_ms: float) -> bool:
         """Fold a report into the estimates; True when it shows congestion."""
@@ -318,7 +323,7 @@ class AdaptiveController:
                 self._received.append((a.arrival_ms, a.wire_bytes))
                 self._unacked.pop(a.seq, None)
             latest = max(a.arrival_ms for a in fb.arrivals)
-            while self._received and self._received[0][0] <= latest - 1000.0:
+            while self._received and self._received[0][0] <= latest - RATE_WINDOW_MS:
                 self._received.popleft()
             # A bigger packet than the one that set the base takes longer to serialise:
             # that is not queuing (at the delivered rate, the bottleneck's or less).
@@ -331,19 +336,14 @@ class AdaptiveController:
             self.qdelay_ms = max(self.qdelay_ms, 0.0)
             growing = self.qdelay_ms > QDELAY_HIGH_MS and self.qdelay_ms > previous
             self.qdelay_smooth_ms += QDELAY_ALPHA * (self.qdelay_ms - self.qdelay_smooth_ms)
-            # Cellular links deliver in bursts: one late report is jitter, a queue that
-            # stays is congestion, and a very late one is congestion at once.
-            delayed = self.qdelay_smooth_ms > QDELAY_HIGH_MS or self.qdelay_ms > QDELAY_SEVERE_MS
-            # ... but only when the path delivers less than is sent: delay that sending less
-            # would not remove (gaps in a cellular schedule) is no reason to send less.
-            # (Random loss is not the path falling behind: it is discounted.)
-            sent = (1.0 - self.loss) * self.send_rate_bps(now_ms)
-            behind = self.receive_rate_bps < SELF_INFLICTED_RATIO * sent
-            # ... unless the queue has grown for several reports: then it is ours, whatever
-            # the rates say (a small overload hides in a one-second receive rate). A delay
-            # that stays high without growing is a slower link serialising, not a queue.
+            # A queue that grows report after report is ours: congestion. A delay that is
+            # merely high is not: on a slow or bursty link it is serialisation and the
+            # radio's schedule (measured: acting on high delay alone, or on high delay
+            # while the one-second receive rate lags the send rate, cut the rate on
+            # cellular traces whose capacity was 3x what was sent, since at 3 to 12
+            # packets a second that receive rate is too noisy to tell).
             self._high_reports = self._high_reports + 1 if growing else 0
-            congested = (delayed and behind) or self._high_reports >= PERSIST_REPORTS
+            congested = self._high_reports >= PERSIST_REPORTS
         # Everything at or below the highest sequence received is settled (arrived or lost).
         for seq in [q for q in self._unacked if q <= fb.highest_seq]:
             del self._unacked[seq]
@@ -396,7 +396,7 @@ class AdaptiveController:
             )
             if now_ms - self._last_decrease_ms >= DECREASE_GAP_MS and not draining:
                 # The receive rate is what the bottleneck delivers; in a stall it is stale.
-                received = self.receive_rate_bps
+                received = self.delivered_rate_bps
                 if received > 0 and not stalled:
                     self.ceiling_bps = received
                 cut = BACKOFF * (received if received > 0 and not stalled else self.rate_bps)
@@ -426,7 +426,11 @@ class AdaptiveController:
         self.option = self._choose()
         # While stalled, send only a probe now and then: what is sent into an outage waits
         # in the queue and makes every frame after it late.
-        pause = stalled and now_ms - self._last_sent_ms < STALL_PROBE_MS
+        # Likewise when even the cheapest setting would arrive past the playout deadline:
+        # the link delivers less than the cheapest stream, its queue only grows, and a
+        # frame sent now is late and makes the next ones later still.
+        hopeless = self.rate_bps <= self.min_rate and not self._on_time().any()
+        pause = (stalled or hopeless) and now_ms - self._last_sent_ms < STALL_PROBE_MS
         return Decision.of(self.option, SILENCE_LEVELS, pause)
 
     def predicted_delay_ms(self) -> np.ndarray:
@@ -440,6 +444,11 @@ class AdaptiveController:
         # is what the next packet meets.
         queue = max(self.qdelay_smooth_ms, self.qdelay_ms)
         return base + queue + DEADLINE_MARGIN_MS + np.maximum(extra, 0.0)
+
+    def _on_time(self, delay: np.ndarray | None = None) -> np.ndarray:
+        """``[N]`` bool: the settings whose first frame arrives in time by prediction."""
+        delay = self.predicted_delay_ms() if delay is None else delay
+        return (self.options.fpp - 1) * FRAME_MS + delay <= PLAYOUT_DEADLINE_MS
 
     def _choose(self) -> StreamOption:
         # A pure function of these: the real-time sender asks every frame, and between
@@ -464,7 +473,7 @@ class AdaptiveController:
         protect = self.loss >= PROTECT_LOSS
         # Bundling that makes the first frame of a packet late by prediction trades lost
         # frames for levels; the late-or-lost target says no, while anything else fits.
-        on_time = (self.options.fpp - 1) * FRAME_MS + delay <= PLAYOUT_DEADLINE_MS
+        on_time = self._on_time(delay)
         best = self.options.best(
             self.rate_bps,
             self.loss,
