@@ -165,3 +165,42 @@ def test_stream_batches_equal_streams_pushed_alone(codec: MimiCodec) -> None:
     with pytest.raises(FormatError):
         codec.decode_streams([decs[0], decs[0]], [codes[0], codes[0]])
     assert codec.encode_streams([encs[0]], [audio[0, :10]])[0].num_frames == 0
+
+
+def test_streams_build_the_codebook_tables_before_the_first_frame(codec: MimiCodec) -> None:
+    # The first frame would otherwise build 32 search tables (for `mimi`, 67 MB and its
+    # temporaries, the stream's memory peak): the codec builds them when it is made.
+    model = MimiModel(TINY)
+    model.load_state_dict(codec.model.state_dict())
+    fresh = MimiCodec(model, TINY, b"\x01" * 8)
+    enc, dec = fresh.stream_encoder(), fresh.stream_decoder()
+    q = fresh.model.quantizer
+    books = [rvq.codebook(j) for rvq in (q.rvq_first, q.rvq_rest) for j in range(rvq.n_levels)]
+    built = [(b._cache_key, b._search_t.data_ptr()) for b in books]
+    assert all(key is not None for key, _ in built)
+    dec.push(enc.push(_audio(2 * codec.frame_size)).codes)
+    assert [(b._cache_key, b._search_t.data_ptr()) for b in books] == built
+
+
+def test_folded_codebooks_give_the_same_codes_in_half_the_memory(codec: MimiCodec) -> None:
+    model = MimiModel(TINY)
+    model.load_state_dict(codec.model.state_dict())
+    x = torch.from_numpy(_audio(1, 1, 6 * codec.frame_size))
+    with torch.inference_mode():
+        before = model.encode(x)
+        audio_before = model.decode(before.codes)
+    folded = MimiCodec(model, TINY, b"\x01" * 8)
+    q = folded.model.quantizer
+    for rvq in (q.rvq_first, q.rvq_rest):
+        for j in range(rvq.n_levels):
+            book = rvq.codebook(j)
+            # One copy: the buffer is the table's centroid rows.
+            assert book.embedding_sum.data_ptr() == book._search_t.data_ptr()
+            assert bool((book.cluster_usage == 1).all())
+    enc = folded.encode(x[0, 0].numpy())
+    assert np.array_equal(enc.codes, before.codes[0].numpy())
+    assert np.array_equal(folded.decode(enc.codes), audio_before[0, 0].numpy())
+    # The moving averages are gone: training it again is refused, not silently wrong.
+    book = q.rvq_first.codebook(0)
+    with pytest.raises(RuntimeError, match="folded for inference"):
+        book.update(torch.zeros(4, book.dim), torch.zeros(4, dtype=torch.long), torch.ones(4))

@@ -79,6 +79,7 @@ class EuclideanCodebook(nn.Module):
         self._init_value = False
         self._centroids = torch.empty(0)
         self._search_t = torch.empty(0)
+        self._folded = False  # see fold_for_inference
 
     @property
     def initialized(self) -> bool:
@@ -91,9 +92,14 @@ class EuclideanCodebook(nn.Module):
             self._init_key = key
         return self._init_value
 
-    def _refresh(self) -> None:
-        # Recompute the centroids only when the buffers changed (EMA step, load, move).
+    def _refresh(self, out: torch.Tensor | None = None) -> None:
+        """Rebuild the search table if the buffers changed; into ``out`` ``[dim + 2, bins]``
+        when given (a row of the quantizer's stack: no table-sized copy to free)."""
         s, u = self.embedding_sum, self.cluster_usage
+        folded = self._folded and s.data_ptr() == self._search_t.data_ptr()
+        if folded and (out is None or out.data_ptr() == s.data_ptr()):
+            return  # the buffers are the table (until a move copies them)
+        # Recompute the centroids only when the buffers changed (EMA step, load, move).
         key = (
             _version(s),
             _version(u),
@@ -103,6 +109,9 @@ class EuclideanCodebook(nn.Module):
         )
         # Buffers made under torch.inference_mode have no version counter: no cache then.
         if key == self._cache_key and None not in key:
+            if out is not None and self._search_t.data_ptr() != out.data_ptr():
+                out.copy_(self._search_t)
+                self._search_t, self._centroids = out, out[: self.dim].t()
             return
         with torch.no_grad():
             # cdist's formula: distances come from [-2x, |x|^2, 1] . [c, 1, |c|^2]. The
@@ -110,7 +119,7 @@ class EuclideanCodebook(nn.Module):
             # it 2x faster in this layout than cdist's (kernels.py), and large batches are
             # a plain GEMM either way. The centroids are a view of it: one copy in memory.
             c = torch.div(s, u.clamp(min=EPSILON)[:, None])
-            search_t = s.new_empty(self.dim + 2, self.bins)
+            search_t = s.new_empty(self.dim + 2, self.bins) if out is None else out
             search_t[: self.dim] = c.t()
             search_t[self.dim] = 1
             search_t[self.dim + 1] = c.pow(2).sum(-1)
@@ -142,6 +151,23 @@ class EuclideanCodebook(nn.Module):
         return F.embedding(codes, self.centroids)
 
     @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """Keep only what inference reads, once. The centroids become ``embedding_sum``
+        itself, with ``cluster_usage`` 1 (the same centroids to the bit: x / 1 is x), and
+        ``embedding_sum`` a view of the search table, so the codebook is in memory once
+        instead of twice (for ``mimi``, 67 MB of a stream's ~700). The moving-average
+        statistics are gone: the codebook cannot train after this.
+        """
+        self._refresh()
+        self.cluster_usage.fill_(1.0)
+        self._buffers["embedding_sum"] = self._centroids
+        self._folded = True
+
+    def _check_trainable(self) -> None:
+        if self._folded:
+            raise RuntimeError("this codebook was folded for inference; it cannot train")
+
+    @torch.no_grad()
     def init_from(
         self, samples: torch.Tensor, iters: int = KMEANS_ITERS, usage_total: float | None = None
     ) -> None:
@@ -151,6 +177,7 @@ class EuclideanCodebook(nn.Module):
         frames of one batch): fitted on many batches, the raw counts would outweigh
         hundreds of EMA steps and keep the centroids from following the latent.
         """
+        self._check_trainable()
         means, counts = _kmeans(samples.float(), self.bins, iters)
         if usage_total is not None:
             counts = counts * (usage_total / float(counts.sum()))
@@ -165,6 +192,7 @@ class EuclideanCodebook(nn.Module):
         ``weight [N]`` (1 or 0) says which samples count; weighting instead of selecting
         avoids a device sync per level on a GPU.
         """
+        self._check_trainable()
         if self.initialized:
             self._steps_to_check -= 1
             if self._steps_to_check <= 0:
@@ -294,22 +322,22 @@ class ResidualVectorQuantizer(nn.Module):
 
         Each codebook's own table (``_search_t``, package-private) is then a view of its
         row, so the stack costs no memory; a codebook whose buffers changed (an EMA step,
-        a load) builds a fresh table, which is copied in and viewed again here.
+        a load) rebuilds its table in its row.
         """
         books = [self.codebook(j) for j in range(self.n_levels)]
-        for book in books:
-            book._refresh()
-        first = books[0]._search_t
+        first = books[0].embedding_sum
         stack = self._stack
-        if stack is None or stack.device != first.device or stack.dtype != first.dtype:
-            stack = first.new_empty(self.n_levels, *first.shape)
+        # (A stack made under inference_mode cannot be written outside it: a new one.)
+        if (
+            stack is None
+            or stack.device != first.device
+            or stack.dtype != first.dtype
+            or (stack.is_inference() and not torch.is_inference_mode_enabled())
+        ):
+            stack = first.new_empty(self.n_levels, self.dim + 2, first.shape[0])
             self._stack = stack
-        base, step = stack.data_ptr(), stack.stride(0) * stack.element_size()
         for j, book in enumerate(books):
-            if book._search_t.data_ptr() != base + j * step:  # (no view made to check)
-                row = stack[j]
-                row.copy_(book._search_t)
-                book._search_t, book._centroids = row, row[: self.dim].t()
+            book._refresh(out=stack[j])
         return stack
 
     @torch.no_grad()
@@ -410,6 +438,17 @@ class SplitResidualVectorQuantizer(nn.Module):
         self.bins = cfg.bins
         self.rvq_first = ResidualVectorQuantizer(cfg, input_dim, cfg.n_q_semantic)
         self.rvq_rest = ResidualVectorQuantizer(cfg, input_dim, cfg.n_q - cfg.n_q_semantic)
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """Every level's search table built now (else a stream's first frame builds them,
+        its memory peak), and its codebook folded into it
+        (:meth:`EuclideanCodebook.fold_for_inference`): codes and outputs are unchanged,
+        the quantizer's memory halves, and it cannot train after this."""
+        for rvq in (self.rvq_first, self.rvq_rest):
+            rvq._tables()
+            for j in range(rvq.n_levels):
+                rvq.codebook(j).fold_for_inference()
 
     def encode(self, latent: torch.Tensor, n_q: int | None = None) -> QuantizerEncoding:
         """``latent [B, C, T]`` to the codes of the first ``n_q`` levels (default all)."""
