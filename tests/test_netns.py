@@ -426,20 +426,31 @@ def scenario(
     return json.loads(stdout)["listen"]
 
 
+def scenario_in(
+    link: NetnsLink,
+    tmp_path: Path,
+    drop: Callable[[], None] | None = None,
+    during: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> dict:
+    """:func:`scenario` with the server and the listener in ``link``'s namespaces."""
+    return scenario(
+        tmp_path,
+        lambda cmd: link.exec(link.server_ns, *cmd),
+        lambda cmd: link.exec(link.client_ns, *cmd),
+        link.server_ip,
+        [],
+        drop,
+        during,
+    )
+
+
 def test_namespaces_tbf_loss_and_capacity_drop(tmp_path: Path) -> None:
     why = namespaces_allowed()
     if why is not None:
         pytest.skip(f"{why}; the loopback variant covers the same checks")
     link = NetnsLink(down_kbit=CAPACITY_KBIT, up_kbit=64)
     try:
-        listen = scenario(
-            tmp_path,
-            lambda cmd: link.exec(link.server_ns, *cmd),
-            lambda cmd: link.exec(link.client_ns, *cmd),
-            link.server_ip,
-            [],
-            lambda: link.set_down(CAPACITY_KBIT // 2),
-        )
+        listen = scenario_in(link, tmp_path, drop=lambda: link.set_down(CAPACITY_KBIT // 2))
     finally:
         link.close()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -486,15 +497,7 @@ def test_namespaces_replay_a_real_trace(tmp_path: Path, shared_data: Path, trace
 
     stepper = TraceStepper(schedule, set_down, flowing)
     try:
-        listen = scenario(
-            tmp_path,
-            lambda cmd: link.exec(link.server_ns, *cmd),
-            lambda cmd: link.exec(link.client_ns, *cmd),
-            link.server_ip,
-            [],
-            None,
-            lambda: stepper,
-        )
+        listen = scenario_in(link, tmp_path, during=lambda: stepper)
         # The kernel holds the last rate stepped to (tc rounds to its own units).
         last_bits = stepper.applied[-1][1] * 1000
         assert abs(link.down_rate_bits() - last_bits) <= 0.01 * last_bits + 8
