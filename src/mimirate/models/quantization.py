@@ -336,8 +336,13 @@ class ResidualVectorQuantizer(nn.Module):
         ):
             stack = first.new_empty(self.n_levels, self.dim + 2, first.shape[0])
             self._stack = stack
+        base, step = stack.data_ptr(), stack.stride(0) * stack.element_size()
         for j, book in enumerate(books):
-            book._refresh(out=stack[j])
+            # A folded codebook whose buffers are its row needs nothing (checked without
+            # making a view: this runs for every level of every decoded frame).
+            ptr = book.embedding_sum.data_ptr()
+            if not (book._folded and ptr == book._search_t.data_ptr() == base + j * step):
+                book._refresh(out=stack[j])
         return stack
 
     @torch.no_grad()
