@@ -293,6 +293,7 @@ class AdaptiveController:
         self.option = options.best(self.rate_bps, 0.0, 0.0)
         self._choice_key: tuple[float | int, ...] | None = None
         self._choice = self.option
+        self._choice_on_time = np.ones(len(options.options), bool)  # set with _choice
 
     # -- inputs ---------------------------------------------------------------------------
     def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
@@ -443,7 +444,8 @@ class AdaptiveController:
         # Likewise when even the cheapest setting would arrive past the playout deadline:
         # the link delivers less than the cheapest stream, its queue only grows, and a
         # frame sent now is late and makes the next ones later still.
-        hopeless = self.rate_bps <= self.min_rate and not self._on_time().any()
+        # (_choose just predicted every setting's timing for these same inputs.)
+        hopeless = self.rate_bps <= self.min_rate and not self._choice_on_time.any()
         pause = (stalled or hopeless) and now_ms - self._last_sent_ms < STALL_PROBE_MS
         return Decision.of(self.option, SILENCE_LEVELS, pause)
 
@@ -488,6 +490,7 @@ class AdaptiveController:
         # Bundling that makes the first frame of a packet late by prediction trades lost
         # frames for levels; the late-or-lost target says no, while anything else fits.
         on_time = self._on_time(delay)
+        self._choice_on_time = on_time
         best = self.options.best(
             self.rate_bps,
             self.loss,
