@@ -395,3 +395,34 @@ def test_browser_listeners_are_decoded_in_one_call_a_frame(codec, wav) -> None:
     # Three listeners with their own caps (and the broadcast encoder on its own queue):
     # once all have joined, a frame's three decodes go through one batched call.
     assert stats.largest == 3 and stats.calls < stats.pushes
+
+
+def test_silence_is_not_sent_but_the_stream_stays_alive(codec) -> None:
+    """DTX end to end: the talker's VAD and controller leave silence out (but for
+    keep-alives), the server relays what comes, the listener counts the frames never sent
+    and does not take 2 s of silence for the end of the stream."""
+    n = codec.frame_size
+    talk = speechlike(12 * n / SR)
+    quiet = (3e-4 * np.random.default_rng(1).standard_normal(25 * n)).astype(np.float32)
+    audio = np.concatenate([talk, quiet, speechlike(12 * n / SR, seed=3)])
+
+    async def run():
+        async with MimirateServer(config(), codec) as srv:
+            url = f"http://127.0.0.1:{srv.http_port}/room/dtx"
+            listener = StreamClient(url, codec, ClientOptions(idle_s=1.0, jitter_frames=JITTER))
+            heard = asyncio.create_task(listener.run(None, True))
+            while not srv.sessions:
+                await asyncio.sleep(0.02)
+            talker = StreamClient(url, codec, ClientOptions(jitter_frames=JITTER))
+            sent = await talker.run(audio, False)
+            return sent, await heard
+
+    sent, heard = asyncio.run(run())
+    s, st = sent.send, heard.listen
+    assert s.controller == "adaptive" and s.frames == 49 and s.paused_frames == 0
+    # Frames 12-14 are the VAD's hangover; of the 22 silent frames after them, one in
+    # five goes as a keep-alive (19, 24, 29, 34): 18 are not sent.
+    assert s.dtx_frames == 18
+    assert st.unsent == 18 and st.lost == 0
+    # The stream went on through the silence (idle_s = 1 s < 1.8 s without speech).
+    assert st.frames >= 45 and all(lv > 0 for lv in st.levels[-8:])

@@ -199,3 +199,74 @@ def test_long_loss_fades_to_silence_then_recovers(codec) -> None:
     assert len(concealed) == 10 and rx.longest_conceal_run == 10
     assert np.all(concealed[run].audio == 0.0)  # beyond the fade: silence
     assert out[-1].source is FrameSource.FULL and out[-1].index == 12
+
+
+class _SilencePolicy:
+    """Fixed settings that send silent frames at ``silence_levels`` (0: not at all)."""
+
+    name = "silence"
+
+    def __init__(self, silence_levels: int | None, fpp: int = 2) -> None:
+        self.decision = SendDecision(8, fpp, 2, silence_levels=silence_levels)
+
+    def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
+        pass
+
+    def update(self, report, now_ms: float) -> SendDecision:
+        return self.decision
+
+
+def test_sender_leaves_silent_frames_out_under_dtx_and_receiver_counts_them() -> None:
+    s = Sender(32, _SilencePolicy(0), SendDecision(8, 2, 2))
+    speech = [True, True, True, False, False, False, True, True]
+    out = [s.push(frame(i), i * 80.0, speech[i]) for i in range(len(speech))]
+    # Frames 0-1 form a packet; frame 2 waits for a partner, but frame 3 is silent: 2 goes
+    # out alone at once; 3-5 are not sent; 6-7 form the next packet.
+    assert [len(o) for o in out] == [0, 1, 0, 1, 0, 0, 0, 1]
+    packets = [parse_message(o[0]) for o in out if o]
+    assert [[f.index for f in p.frames] for p in packets] == [[0, 1], [2], [6, 7]]
+    assert s.dtx_frames == 3 and sum(s.levels_sent.values()) == 5
+    # The receiver tells frames never sent from frames lost: no sequence gap, index gap.
+    mon = ReceiveMonitor()
+    for p, o in zip(packets, [o for o in out if o], strict=True):
+        mon.on_packet(p, 0.0, len(o[0]))
+    assert mon.unsent_frames == 3 and mon.report(100.0).loss_fraction == 0
+    # Packet 1 lost: frames 2-5 are a loss and a gap the monitor does not call unsent.
+    mon = ReceiveMonitor()
+    mon.on_packet(packets[0], 0.0, 10)
+    mon.on_packet(packets[2], 0.0, 10)
+    assert mon.unsent_frames == 0 and mon.report(100.0).loss_fraction > 0
+
+
+def test_sender_sends_silent_frames_at_silence_levels_or_like_speech() -> None:
+    s = Sender(32, _SilencePolicy(2, fpp=1), SendDecision(8, 1, 0))
+    (data,) = s.push(frame(0), 0.0, speech=False)
+    pkt = parse_message(data)
+    assert [f.levels for f in pkt.frames] == [2] and s.dtx_frames == 0
+    s = Sender(32, _SilencePolicy(None, fpp=1), SendDecision(8, 1, 0))
+    (data,) = s.push(frame(0), 0.0, speech=False)
+    assert [f.levels for f in parse_message(data).frames] == [8]
+
+
+def test_adaptive_policy_suppresses_silence() -> None:
+    from mimirate.ratecontrol.controller import SILENCE_LEVELS
+    from mimirate.transport.adapt import make_controller
+
+    policy = make_controller(32, "small")
+    assert policy is not None
+    assert policy.update(None, 0.0).silence_levels == SILENCE_LEVELS == 0
+
+
+def test_dtx_sends_a_keepalive_frame_every_few_frames_of_silence() -> None:
+    from mimirate.ratecontrol.controller import DTX_KEEPALIVE_FRAMES
+
+    s = Sender(32, _SilencePolicy(0, fpp=3), SendDecision(8, 3, 0))
+    sent = []
+    for i in range(12):
+        for data in s.push(frame(i), i * 80.0, speech=i == 0):
+            sent.append([(f.index, f.levels) for f in parse_message(data).frames])
+    # Frame 0 (speech) goes when silence starts; then one frame alone at 1 level every
+    # DTX_KEEPALIVE_FRAMES, not held back for the 3-frame packets speech uses.
+    k = DTX_KEEPALIVE_FRAMES
+    assert sent == [[(0, 8)], [(k, 1)], [(2 * k, 1)]]
+    assert s.dtx_frames == 12 - 3

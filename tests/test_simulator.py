@@ -141,11 +141,14 @@ def test_silent_frames_are_not_sent_with_dtx(table):
             return Decision(8, 2, 0, 0)
 
     speech = np.ones(16, bool)
-    speech[5:10] = False
+    speech[5:11] = False
     r = simulate(constant_trace(64_000.0), Dtx(), table, duration_s=1.28, activity=speech)
-    # Frame 4 waits for frame 5, which is silent: it goes alone, at once.
-    assert r.packets.frames.tolist() == [2, 2, 1, 2, 2, 2]
-    assert (r.sent_levels[5:10] == 0).all() and (r.qoe.played_levels[~speech] == 0).all()
+    # Frame 4 waits for frame 5, which is silent: it goes alone, at once. Frames 5-8 and
+    # 10 are not sent; frame 9, DTX_KEEPALIVE_FRAMES after the last one sent, goes alone
+    # at 1 level to keep the stream alive.
+    assert r.packets.frames.tolist() == [2, 2, 1, 1, 2, 2, 1]
+    assert r.sent_levels[5:11].tolist() == [0, 0, 0, 0, 1, 0]
+    assert (r.qoe.played_levels[[5, 6, 7, 8, 10]] == 0).all()
     assert r.lost_frac == 0.0 and r.late_frac == 0.0  # silent frames are not counted
     fixed = simulate(
         constant_trace(64_000.0), FixedController(8), table, duration_s=1.28, activity=speech

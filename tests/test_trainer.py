@@ -112,6 +112,21 @@ def test_config_round_trip_and_validation() -> None:
         TrainConfig(adversarial_loss="wgan")
     with pytest.raises(ValueError):
         TrainConfig(model="nope")
+    with pytest.raises(ValueError):
+        TrainConfig(steps=10, decay_start=11)
+
+
+def test_learning_rate_warms_up_holds_then_decays_to_the_floor(tmp_path: Path) -> None:
+    cfg = _config(steps=20, lr=1e-3, warmup_steps=4, decay_start=10, decay_floor=0.1)
+    trainer = Trainer(cfg, [_clip()], [], tmp_path, progress=False)
+    factors = {}
+    for step in (0, 3, 9, 10, 15, 20):
+        trainer.step = step
+        factors[step] = trainer.lr_factor()
+    assert factors == pytest.approx({0: 0.25, 3: 1.0, 9: 1.0, 10: 1.0, 15: 0.55, 20: 0.1})
+    trainer.step = 15
+    trainer._set_lr()
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(0.55e-3)
 
 
 def test_latent_scale_penalty_wants_input_dependent_unit_variance(tmp_path: Path) -> None:

@@ -95,6 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--receive", default=None, metavar="OUT.wav", help="a call: also listen")
     p.add_argument("--token", default=os.environ.get("MIMIRATE_TOKEN"))
     p.add_argument("--via", type=_address, default=None, help="send media via HOST:PORT")
+    p.add_argument(
+        "--no-dtx",
+        action="store_true",
+        help="send silent frames too (by default the controller leaves them out)",
+    )
     _add_model(p, None)
     _add_sender(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -241,6 +246,7 @@ def _send(args: argparse.Namespace) -> int:
         adaptive=not args.fixed,
         via=args.via,
         quality_table=args.quality_table,
+        dtx=not args.no_dtx,
     )
 
     async def main() -> Any:

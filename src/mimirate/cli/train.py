@@ -25,6 +25,7 @@ SHARED_SPEECH = Path("../shared/data/speech")
 #: Flags that may differ from the checkpoint's configuration when resuming.
 _RESUME_OVERRIDES = (
     "steps",
+    "decay_start",
     "adversarial_start",
     "checkpoint_seconds",
     "guard_warmup",
@@ -48,6 +49,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
     p.add_argument("--segment-seconds", type=float, default=None, help="crop length (default 1)")
     p.add_argument("--lr", type=float, default=None, help="generator learning rate")
+    p.add_argument(
+        "--decay-start",
+        type=int,
+        default=None,
+        help="hold the learning rate until this step, then decay it linearly to 10%% at --steps",
+    )
     p.add_argument("--adversarial-start", type=int, default=None, help="step the GAN starts")
     p.add_argument(
         "--quantize-start",
@@ -146,6 +153,7 @@ def _train(args: argparse.Namespace) -> int:
         "batch_size": args.batch,
         "segment_seconds": args.segment_seconds,
         "lr": args.lr,
+        "decay_start": args.decay_start,
         "adversarial_start": args.adversarial_start,
         "quantize_start": args.quantize_start,
         "kmeans_frames": args.kmeans_frames,

@@ -10,6 +10,7 @@ Above the codec and the bitstream, below transport and the CLI (it imports neith
 - :mod:`~mimirate.ratecontrol.simulator`, :mod:`~mimirate.ratecontrol.traces`: the
   trace-driven simulator; :mod:`~mimirate.ratecontrol.qoe`: per-frame QoE and the measured
   quality tables; :mod:`~mimirate.ratecontrol.progressive`: voice-message delivery.
+- :mod:`~mimirate.ratecontrol.vad`: the senders' voice activity detector (DTX).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mimirate.ratecontrol.controller import (
 )
 from mimirate.ratecontrol.options import OptionTable, StreamOption
 from mimirate.ratecontrol.qoe import QualityTable, frame_qoe, load_quality_table
+from mimirate.ratecontrol.vad import VoiceActivity
 from mimirate.ratecontrol.wire import WireSizer, build_packet
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "RateController",
     "StreamOption",
     "StreamingAllocator",
+    "VoiceActivity",
     "WireSizer",
     "allocate",
     "build_packet",

@@ -32,11 +32,10 @@ import numpy as np
 
 from mimirate.errors import ConfigError
 from mimirate.fileio import atomic_write_bytes
+from mimirate.ratecontrol.vad import SILENCE_DBFS
 
 #: Levels given to silent frames (a frame cannot have 0 levels in a .mimi file).
 SILENCE_LEVELS = 1
-#: Frame energy under which a frame is silent, relative to full scale.
-SILENCE_DBFS = -50.0
 #: The streaming allocator's bit bucket holds at most this much over- or under-spending.
 BUCKET_SECONDS = 1.0
 #: Floor of the latent error before its logarithm.

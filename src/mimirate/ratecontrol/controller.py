@@ -51,8 +51,10 @@ played, and QoE scores its lower utility; a frame is *lost* when no copy of it a
 unsent (a pause) counts as lost. Redundancy bytes are counted in the wire rate.
 
 Silence and outages. Frames the sender's VAD marks silent are not sent at all
-(discontinuous transmission, :data:`SILENCE_LEVELS` = 0; the receiver plays comfort
-noise). While the path is stalled (the oldest packet unacknowledged for far longer than
+(discontinuous transmission, :data:`SILENCE_LEVELS` = 0; the receiver's concealment
+fades the last frame out, and its reports tell unsent frames from lost ones), but for a
+keep-alive frame at 1 level every :data:`DTX_KEEPALIVE_FRAMES`.
+While the path is stalled (the oldest packet unacknowledged for far longer than
 usual, and no report acknowledging anything for as long), and while even the cheapest
 setting would arrive past the playout deadline (the link carries less than the cheapest
 stream, so its queue only grows), the sender drops its frames unsent, but for a probe every
@@ -132,6 +134,10 @@ STALL_PROBE_MS = 500.0
 DEADLINE_MARGIN_MS = 20.0
 #: Levels of frames marked silent (0: not sent, discontinuous transmission).
 SILENCE_LEVELS = 0
+#: Under DTX, one silent frame in this many still goes (at 1 level, alone): the receiver
+#: knows the stream is alive (a listener ends a stream after 2 s of nothing), NAT
+#: bindings stay open and feedback keeps coming, as Opus DTX sends a frame every 400 ms.
+DTX_KEEPALIVE_FRAMES = 5
 #: Smoothed loss rate from which every packet carries redundancy.
 PROTECT_LOSS = 0.01
 #: After a stall, the rate resumes at this fraction of the rate before it.

@@ -38,7 +38,7 @@ import numpy as np
 
 from mimirate.bitstream.packet import FeedbackReport
 from mimirate.errors import ConfigError
-from mimirate.ratecontrol.controller import FeedbackReader, RateController
+from mimirate.ratecontrol.controller import DTX_KEEPALIVE_FRAMES, FeedbackReader, RateController
 from mimirate.ratecontrol.options import PLAYOUT_DEADLINE_MS, Sizer
 from mimirate.ratecontrol.qoe import FRAME_MS, QoE, QualityTable, frame_qoe
 from mimirate.ratecontrol.traces import Trace
@@ -317,6 +317,7 @@ def simulate(
 
     pending: list[int] = []
     previous: list[int] = []
+    last_queued = -DTX_KEEPALIVE_FRAMES  # a stream opening in silence starts with one
     report_index = 0
     next_report = link.feedback_interval_ms
 
@@ -365,16 +366,24 @@ def simulate(
             # ... and repeats nothing from before the pause: those frames are stale.
             pending, previous = [], []
             continue
+        keepalive = False
         if not speech[t] and decision.silence_levels == 0:
             # Discontinuous transmission: the silent frame is not sent; what was waiting
-            # for it goes now rather than wait for speech.
-            if pending:
-                send(now, pending, decision.redundancy)
-                previous, pending = pending, []
-            continue
-        sent_levels[t] = decision.levels if speech[t] else decision.silence_levels
+            # for it goes now rather than wait for speech. One in DTX_KEEPALIVE_FRAMES
+            # goes alone at 1 level, as the real sender does.
+            keepalive = t - last_queued >= DTX_KEEPALIVE_FRAMES
+            if not keepalive:
+                if pending:
+                    send(now, pending, decision.redundancy)
+                    previous, pending = pending, []
+                continue
+        if keepalive:
+            sent_levels[t] = 1
+        else:
+            sent_levels[t] = decision.levels if speech[t] else decision.silence_levels
         pending.append(t)
-        if len(pending) >= decision.frames_per_packet or t == n_frames - 1:
+        last_queued = t
+        if keepalive or len(pending) >= decision.frames_per_packet or t == n_frames - 1:
             send(now, pending, decision.redundancy)
             previous, pending = pending, []
 

@@ -37,7 +37,11 @@ class AdaptivePolicy:
         feedback = None if report is None else self.reader.read(report)
         d = self.controller.update(feedback, now_ms)  # type: ignore[attr-defined]
         return SendDecision(
-            min(d.levels, self.max_levels), d.frames_per_packet, d.redundancy, d.pause
+            min(d.levels, self.max_levels),
+            d.frames_per_packet,
+            d.redundancy,
+            d.pause,
+            min(d.silence_levels, self.max_levels),
         )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from mimirate.codec import Codec
 from mimirate.errors import ConfigError, MimirateError
+from mimirate.ratecontrol.vad import VoiceActivity
 from mimirate.transport import wire
 from mimirate.transport.adapt import make_policy
 from mimirate.transport.jitter import JitterBuffer
@@ -123,6 +124,8 @@ class ClientOptions:
         idle_s: the stream has ended when nothing arrived for this long.
         jitter_frames: initial jitter-buffer delay in frames.
         quality_table: the controller's quality table (default: the model's).
+        dtx: mark silent frames (energy VAD with a hangover), so that a controller that
+            suppresses silence does not send them; the fixed sender sends every frame.
     """
 
     token: str | None = None
@@ -136,6 +139,7 @@ class ClientOptions:
     idle_s: float = 2.0
     jitter_frames: int = 2
     quality_table: str | None = None
+    dtx: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class SendStats:
     controller: str  # "adaptive" or "fixed"
     levels: tuple[tuple[int, int], ...]  # (levels, frames sent at that many levels)
     paused_frames: int = 0  # dropped unsent while the controller paused (a stalled path)
+    dtx_frames: int = 0  # silent frames not sent (discontinuous transmission)
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ class ListenStats:
     late: int
     receive_kbps: float
     seconds: float
+    unsent: int = 0  # frames the sender did not send (DTX silence, pauses): concealed too
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,7 @@ class StreamClient:
         codec, o = self.codec, self.options
         policy, initial = make_policy(o, codec.num_levels, codec.name)
         sender = self._sender = Sender(codec.num_levels, policy, initial)
+        vad = VoiceActivity() if o.dtx else None
         encoder = codec.stream_encoder()
         loop = asyncio.get_running_loop()
         period = 1.0 / codec.frame_rate
@@ -341,13 +348,19 @@ class StreamClient:
             for data in batch:
                 self._udp.send(data)  # type: ignore[union-attr]
 
+        # The audio of the frames the encoder has not returned yet, for the VAD.
+        held = np.zeros(0, np.float32)
+        n = codec.frame_size
         async for chunk in source:
             encoded = await loop.run_in_executor(self._pool, encoder.push, chunk)
+            held = np.concatenate([held, np.asarray(chunk, np.float32).reshape(-1)])
             for t in range(encoded.num_frames):
+                speech = vad.push(held[t * n : (t + 1) * n]) if vad is not None else True
                 levels_total += min(sender.levels, codec.num_levels)
                 frame = FrameCodes(frames, encoded.codes[:, t].copy())
-                send(sender.push(frame, loop.time() * 1000.0))
+                send(sender.push(frame, loop.time() * 1000.0, speech))
                 frames += 1
+            held = held[encoded.num_frames * n :]
             # A file is paced to real time here; a live source paces itself (then we are
             # never early, only late when encoding cannot keep up).
             delay = start + frames * period - loop.time()
@@ -367,6 +380,7 @@ class StreamClient:
             controller=sender.policy.name,
             levels=tuple(sorted(sender.levels_sent.items())),
             paused_frames=sender.paused_frames,
+            dtx_frames=sender.dtx_frames,
         )
 
     async def _listen(self) -> tuple[np.ndarray, ListenStats]:
@@ -442,6 +456,7 @@ class StreamClient:
             / max(seconds, 1e-9)
             / 1000.0,
             seconds=seconds,
+            unsent=mon.unsent_frames,
         )
         audio = np.concatenate(out) if out else np.zeros(0, np.float32)
         return audio, stats

@@ -35,6 +35,7 @@ from aiohttp import WSMsgType, web
 from mimirate.codec import Codec
 from mimirate.config import DEFAULT_MODEL
 from mimirate.errors import ConfigError, FormatError
+from mimirate.ratecontrol.vad import VoiceActivity
 from mimirate.transport import wire
 from mimirate.transport.adapt import make_policy
 from mimirate.transport.limits import AddressRateLimiter, Limits
@@ -604,14 +605,21 @@ class MimirateServer:
             assert self.udp is not None
             self.udp.send(bytes(report), session.addr)
 
-    def _publish(self, room: Room, source: Session | None, frame: FrameCodes) -> None:
-        """Send one frame (all the levels it has) to every listener of the room."""
+    def _publish(
+        self, room: Room, source: Session | None, frame: FrameCodes, speech: bool = True
+    ) -> None:
+        """Send one frame (all the levels it has) to every listener of the room.
+
+        ``speech=False``: the VAD of the encoding side calls it silent (listeners whose
+        controller suppresses silence do not get it). Relayed frames are speech: their
+        publisher's sender already left its silence out.
+        """
         assert self.udp is not None
         now_ms = self._now_ms()
         for listener in room.listeners:
             if listener is source or listener.addr is None or listener.sender is None:
                 continue
-            for data in listener.sender.push(frame, now_ms):
+            for data in listener.sender.push(frame, now_ms, speech):
                 self.udp.send(data, listener.addr)
             self.counters["frames_forwarded"] += 1
         for b in room.browsers:
@@ -650,6 +658,7 @@ class MimirateServer:
         audio = read_audio(path, self.codec.sample_rate).samples
         room = self.rooms.setdefault(BROADCAST_ROOM, Room(BROADCAST_ROOM))
         encoder = self.codec.stream_encoder()
+        vad = VoiceActivity()
         loop = asyncio.get_running_loop()
         n = self.codec.frame_size
         period = 1.0 / self.codec.frame_rate
@@ -662,8 +671,10 @@ class MimirateServer:
                 chunk = np.concatenate([chunk, audio[: n - len(chunk)]])
             pos = (pos + n) % len(audio)
             encoded = await self.streams.encode(encoder, chunk)
+            speech = vad.push(chunk)  # one frame in, one frame out
             for t in range(encoded.num_frames):
-                self._publish(room, None, FrameCodes(index, encoded.codes[:, t].copy()))
+                frame = FrameCodes(index, encoded.codes[:, t].copy())
+                self._publish(room, None, frame, speech)
                 index += 1
             delay = start + index * period - loop.time()
             if delay > 0:

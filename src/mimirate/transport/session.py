@@ -22,6 +22,7 @@ import numpy as np
 
 from mimirate.codec import StreamDecoder
 from mimirate.errors import ConfigError
+from mimirate.ratecontrol.controller import DTX_KEEPALIVE_FRAMES
 from mimirate.transport.jitter import FrameSource, JitterBuffer, JitterStats, Playout
 from mimirate.transport.wire import (
     HEADER_BYTES,
@@ -49,6 +50,9 @@ class SendDecision:
     #: Send nothing for now (the path is stalled: frames sent into an outage only queue
     #: up and make the frames after it late). The controller lifts it for a probe.
     pause: bool = False
+    #: Levels of frames the sender's VAD calls silent: 0 sends none (discontinuous
+    #: transmission), None sends them like speech.
+    silence_levels: int | None = None
 
 
 class RateController(Protocol):
@@ -116,6 +120,8 @@ class Sender:
         self.wire_bytes = 0  # payload only; callers add headers
         self.levels_sent: collections.Counter[int] = collections.Counter()
         self.paused_frames = 0  # frames dropped unsent while the policy paused
+        self.dtx_frames = 0  # silent frames not sent (discontinuous transmission)
+        self._last_queued = -DTX_KEEPALIVE_FRAMES  # index of the last frame queued
 
     def set_cap(self, levels: int) -> None:
         """The receiver's level cap (1..num_levels); out-of-range values are clamped."""
@@ -148,11 +154,15 @@ class Sender:
     def levels(self) -> int:
         return int(min(max(self.decision.levels, 1), self.cap, self.num_levels))
 
-    def push(self, frame: FrameCodes, now_ms: float) -> list[bytes]:
+    def push(self, frame: FrameCodes, now_ms: float, speech: bool = True) -> list[bytes]:
         """Queue one frame (any number of levels); return the datagrams now due (0-2).
 
-        A packet carries consecutive frames only: a gap in indices (a frame lost upstream)
-        sends what is queued first.
+        A packet carries consecutive frames only: a gap in indices (a frame lost upstream,
+        or silent frames not sent) sends what is queued first. ``speech=False`` (the VAD
+        calls the frame silent) sends it at the decision's ``silence_levels``; at 0 it is
+        not sent and what was queued goes now rather than wait for speech (as in the
+        simulator the controller is tuned in), but for one keep-alive frame at 1 level
+        every ``DTX_KEEPALIVE_FRAMES``.
         """
         out: list[bytes] = []
         # Every frame, as the simulator the controller is tuned in does: its rate grows
@@ -164,12 +174,25 @@ class Sender:
             self.paused_frames += 1
             self._pending, self._last_sent = [], ()
             return out
+        levels = min(self.levels, frame.levels)
+        quiet = self.decision.silence_levels
+        keepalive = False
+        if not speech and quiet is not None:
+            if quiet > 0:
+                levels = min(quiet, levels)
+            elif frame.index - self._last_queued >= DTX_KEEPALIVE_FRAMES:
+                keepalive, levels = True, 1
+            else:
+                self.dtx_frames += 1
+                if self._pending:
+                    out.append(self._packet(now_ms))
+                return out
         if self._pending and frame.index != self._pending[-1].index + 1:
             out.append(self._packet(now_ms))
-        levels = min(self.levels, frame.levels)
         self._pending.append(FrameCodes(frame.index, frame.codes[:levels]))
+        self._last_queued = frame.index
         self.levels_sent[levels] += 1
-        if len(self._pending) >= max(1, self.decision.frames_per_packet):
+        if keepalive or len(self._pending) >= max(1, self.decision.frames_per_packet):
             out.append(self._packet(now_ms))
         return out
 
@@ -221,10 +244,21 @@ class ReceiveMonitor:
         self.total_received = 0
         self.total_bytes = 0  # payload bytes
         self.total_lost = 0
+        # Frames the sender did not send (silence under DTX, or paused): a packet that
+        # follows the previous one with no sequence gap but skips frame indices.
+        self.unsent_frames = 0
+        self._last_frame: int | None = None
 
     def on_packet(self, packet: MediaPacket, now_ms: float, payload_bytes: int) -> None:
         """Count one arrived packet (``payload_bytes``: its datagram length)."""
         seq = packet.seq if self._highest is None else unwrap(packet.seq, self._highest)
+        if packet.frames:
+            first, last = packet.frames[0].index, packet.frames[-1].index
+            follows = self._highest is not None and seq == self._highest + 1
+            if follows and self._last_frame is not None:
+                self.unsent_frames += max(0, first - self._last_frame - 1)
+            if self._highest is None or seq > self._highest:
+                self._last_frame = last
         self.total_received += 1
         self.total_bytes += payload_bytes
         iv = self._interval
