@@ -426,3 +426,38 @@ def test_silence_is_not_sent_but_the_stream_stays_alive(codec) -> None:
     assert st.unsent == 18 and st.lost == 0
     # The stream went on through the silence (idle_s = 1 s < 1.8 s without speech).
     assert st.frames >= 45 and all(lv > 0 for lv in st.levels[-8:])
+
+
+def test_uplink_reports_follow_stream_time_through_dtx_gaps(codec) -> None:
+    """The server reports to a publisher every 4 frames of stream time, so that the
+    keep-alives of a silent publisher (one frame in 5) are each acknowledged."""
+    from mimirate.transport.client import open_session, parse_url
+    from mimirate.transport.wire import FeedbackReport, parse_message
+
+    async def run():
+        async with MimirateServer(config(), codec) as srv:
+            url = f"http://127.0.0.1:{srv.http_port}/room/up"
+            reply = await open_session(parse_url(url), publish=True, subscribe=False, token=None)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.connect(("127.0.0.1", srv.udp_port))
+            s.send(bytes(Hello(int(reply["session"]), codec.name, codec.weights_hash)))
+            await asyncio.sleep(0.3)
+            while _recv(s) is not None:  # the HELLO echo
+                pass
+            reports = []
+            # Frames 0-3 (speech), then keep-alives alone at 8, 13 and 18.
+            for seq, first, count in ((0, 0, 2), (1, 2, 2), (2, 8, 1), (3, 13, 1), (4, 18, 1)):
+                frames = tuple(FrameCodes(first + i, np.ones(2, np.uint16)) for i in range(count))
+                s.send(encode_media(MediaPacket(seq, frames)))
+                await asyncio.sleep(0.1)
+                got = 0
+                while (d := _recv(s)) is not None:
+                    got += isinstance(parse_message(d), FeedbackReport)
+                reports.append(got)
+            s.close()
+            return reports, srv.snapshot()["udp"]["handler_errors"]
+
+    # (Before this test, building the report raised on every packet: publishers never
+    # heard from the server, and their controllers ran blind.)
+    assert asyncio.run(run()) == ([0, 1, 1, 1, 1], 0)

@@ -270,3 +270,12 @@ def test_dtx_sends_a_keepalive_frame_every_few_frames_of_silence() -> None:
     k = DTX_KEEPALIVE_FRAMES
     assert sent == [[(0, 8)], [(k, 1)], [(2 * k, 1)]]
     assert s.dtx_frames == 12 - 3
+
+
+def test_monitor_measures_queuing_delay_against_the_fastest_packet() -> None:
+    mon = ReceiveMonitor()
+    assert mon.queuing_delay_ms == 0.0
+    # Frame i is captured at (i + 1) * 80 ms; a 1000 ms clock offset plus 30 ms of path.
+    for i, queued in enumerate((0.0, 0.0, 45.0, 120.0, 10.0)):
+        mon.on_packet(MediaPacket(i, (frame(i),)), 1030.0 + (i + 1) * 80.0 + queued, 20)
+        assert mon.queuing_delay_ms == pytest.approx(queued)

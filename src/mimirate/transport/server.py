@@ -62,7 +62,7 @@ WEB_FILES = {
 BROADCAST_ROOM = "broadcast"
 #: Largest voice message served (a 10-minute message at 32 levels is about 330 kB).
 MAX_MESSAGE_BYTES = 16 << 20
-#: Frames between two receiver reports (and the server's uplink reports): 320 ms.
+#: Frames between two receiver reports (and the server's uplink reports): 320 ms of stream.
 REPORT_EVERY_FRAMES = 4
 
 
@@ -118,7 +118,10 @@ class Session:
     monitor: ReceiveMonitor | None = None  # from this client (when it publishes)
     frames_in: int = 0
     seen_frames: set[int] = field(default_factory=set)
-    frames_since_report: int = 0
+    # Frame index of the publisher's stream at its last uplink report. Reports go by
+    # stream time (frame indices), not by frames received: under DTX a keep-alive every
+    # 5 frames still gets a report, so the publisher's controller keeps its feedback.
+    reported_frame: int | None = None
 
 
 class WsListener:
@@ -596,12 +599,17 @@ class MimirateServer:
         if len(session.seen_frames) > 256:
             newest = max(session.seen_frames)
             session.seen_frames = {i for i in session.seen_frames if i > newest - 64}
-        session.frames_since_report += len(packet.frames)
-        if session.frames_since_report >= REPORT_EVERY_FRAMES and session.addr is not None:
-            session.frames_since_report = 0
+        if not packet.frames:
+            return
+        last = packet.frames[-1].index
+        if session.reported_frame is None or last < session.reported_frame - 64:
+            # The first packet, or a stream that started over: count from its first frame.
+            session.reported_frame = packet.frames[0].index - 1
+        if last - session.reported_frame >= REPORT_EVERY_FRAMES and session.addr is not None:
+            session.reported_frame = last
             report = session.monitor.report(now_ms)
             room.uplink_loss = report.loss_fraction / 65535.0
-            room.uplink_delay_ms = report.delay_ms
+            room.uplink_delay_ms = session.monitor.queuing_delay_ms
             assert self.udp is not None
             self.udp.send(bytes(report), session.addr)
 

@@ -241,6 +241,7 @@ class ReceiveMonitor:
         self._interval = _Interval()
         self._jitter_ms = 0.0
         self._last_transit: float | None = None
+        self._min_transit: float | None = None
         self.total_received = 0
         self.total_bytes = 0  # payload bytes
         self.total_lost = 0
@@ -277,6 +278,18 @@ class ReceiveMonitor:
             if self._last_transit is not None:
                 self._jitter_ms += (abs(transit - self._last_transit) - self._jitter_ms) / 16.0
             self._last_transit = transit
+            self._min_transit = (
+                transit if self._min_transit is None else min(self._min_transit, transit)
+            )
+
+    @property
+    def queuing_delay_ms(self) -> float:
+        """How much later than the fastest one the newest packet came (its frames' capture
+        times taken as send times): the queuing delay on the path, the clocks' offset and
+        the fixed propagation delay cancelled. 0 before anything arrived."""
+        if self._last_transit is None or self._min_transit is None:
+            return 0.0
+        return self._last_transit - self._min_transit
 
     def report(self, now_ms: float) -> FeedbackReport:
         """The report for the interval since the last one (then a new interval starts)."""
