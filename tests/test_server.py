@@ -92,9 +92,13 @@ def test_call_each_party_hears_the_other_bit_exactly(codec) -> None:
                 levels=8, redundancy_levels=0, adaptive=False, idle_s=0.6, jitter_frames=JITTER
             )
             ca, cb = StreamClient(url, codec, opts), StreamClient(url, codec, opts)
-            return await asyncio.gather(ca.run(a, True), cb.run(b, True))
+            results = await asyncio.gather(ca.run(a, True), cb.run(b, True))
+            return (*results, srv.snapshot())
 
-    ra, rb = asyncio.run(run())
+    ra, rb, snap = asyncio.run(run())
+    # Nothing the server did for two well-behaved parties raised (the UDP handler counts
+    # and swallows exceptions, so that one client cannot take the socket down).
+    assert snap["udp"]["handler_errors"] == 0 and snap["udp"]["malformed"] == 0
     for mine, heard in ((a, rb), (b, ra)):
         assert heard.send.frames == 13 and heard.send.mean_levels == 8
         st = heard.listen
@@ -420,6 +424,9 @@ def test_silence_is_not_sent_but_the_stream_stays_alive(codec) -> None:
     sent, heard = asyncio.run(run())
     s, st = sent.send, heard.listen
     assert s.controller == "adaptive" and s.frames == 49 and s.paused_frames == 0
+    # The server's uplink reports reached the talker's controller (every 320 ms of stream
+    # time, keep-alives included: about 10 in 3.9 s).
+    assert s.reports >= 6
     # Frames 12-14 are the VAD's hangover; of the 22 silent frames after them, one in
     # five goes as a keep-alive (19, 24, 29, 34): 18 are not sent.
     assert s.dtx_frames == 18
