@@ -1,11 +1,13 @@
 """Rate control figures: the codec's quality per level, the latent-error calibration, content-
-adaptive allocation vs fixed levels, controllers over real traces, progressive delivery.
+adaptive allocation vs fixed levels, controllers over real traces, progressive delivery,
+the senders' VAD and what DTX saves.
 
     python benchmarks/bench_ratecontrol.py --quality-table --model small      # stores tables/
     python benchmarks/bench_ratecontrol.py --calibrate --model small          # stores tables/
     python benchmarks/bench_ratecontrol.py --allocation --model small
     python benchmarks/bench_ratecontrol.py --network [--traces-per-family 4] [--seconds 60]
     python benchmarks/bench_ratecontrol.py --progressive --model small
+    python benchmarks/bench_ratecontrol.py --dtx [--files 40]
 
 ``--random-init`` uses seeded random weights (pipeline checks only: the figures mean
 nothing). Quality figures come from ../shared/data/speech/librispeech-test-other-dev only;
@@ -436,6 +438,63 @@ def progressive(args: argparse.Namespace) -> dict:
     return out
 
 
+def dtx(args: argparse.Namespace) -> dict:
+    """The VAD on real speech, and what DTX saves: the dev files back to back as one
+    talker's stream, the adaptive controller over a steady link with and without DTX."""
+    from mimirate.audio import read_audio
+    from mimirate.ratecontrol.controller import AdaptiveController
+    from mimirate.ratecontrol.options import OptionTable
+    from mimirate.ratecontrol.qoe import load_quality_table
+    from mimirate.ratecontrol.simulator import simulate
+    from mimirate.ratecontrol.traces import constant_trace
+    from mimirate.ratecontrol.vad import VoiceActivity, frame_dbfs
+    from mimirate.ratecontrol.wire import WireSizer
+
+    files = files_of(DEV, args.files or 40)
+    activity, below_median = [], []
+    for path in tqdm(files, desc="vad", unit="file"):
+        x = read_audio(path, 24_000).samples
+        frames = x[: x.size // 1920 * 1920].reshape(-1, 1920)
+        vad = VoiceActivity()
+        speech = np.array([vad.push(f) for f in frames])
+        levels = np.array([frame_dbfs(f) for f in frames])
+        if speech.any():
+            below_median += list(np.median(levels[speech]) - levels[~speech])
+        activity.append(speech)
+    act = np.concatenate(activity)
+    table = load_quality_table(args.table)
+    options = OptionTable(WireSizer(), table)
+    link = constant_trace(16_000.0, name="steady 16 kbit/s")
+    seconds = act.size * 0.08
+    runs = {}
+    for name, a in (("all frames", None), ("DTX", act)):
+        r = simulate(link, AdaptiveController(options), table, duration_s=seconds, activity=a)
+        runs[name] = r.summary()
+    below = np.array(below_median)
+    out = {
+        "files": len(files),
+        "frames": int(act.size),
+        "silent_pct": float(100 * (1 - act.mean())),
+        "silent_db_below_speech_median": {
+            q: float(np.percentile(below, p)) for q, p in (("p1", 1), ("p50", 50), ("min", 0))
+        }
+        if below.size
+        else {},
+        "runs": runs,
+    }
+    print(f"\nVAD on {len(files)} dev files: {out['silent_pct']:.1f} % of {act.size} frames silent")
+    if below.size:
+        b = out["silent_db_below_speech_median"]
+        print(
+            f"silent frames under each file's median speech frame by {b['min']:.1f} dB at "
+            f"least, {b['p50']:.1f} dB median"
+        )
+    print(f"{'':<12}{'wire kbit/s':>12}{'mean QoE':>10}{'mean levels':>13}")
+    for name, r in runs.items():
+        print(f"{name:<12}{r['wire_kbps']:>12.2f}{r['mean_qoe']:>10.2f}{r['mean_levels']:>13.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -449,6 +508,7 @@ def main() -> None:
     ap.add_argument("--allocation", action="store_true")
     ap.add_argument("--network", action="store_true")
     ap.add_argument("--progressive", action="store_true")
+    ap.add_argument("--dtx", action="store_true")
     ap.add_argument("--traces-per-family", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--out", default=None, help="folder for JSON and plots")
@@ -468,6 +528,8 @@ def main() -> None:
         doc["network"] = network(args)
     if args.progressive:
         doc["progressive"] = progressive(args)
+    if args.dtx:
+        doc["dtx"] = dtx(args)
     print(f"\n{time.time() - t0:.0f} s (2 shared cores: timings are noisy)")
     if args.out and doc:
         Path(args.out).mkdir(parents=True, exist_ok=True)

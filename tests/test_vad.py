@@ -1,4 +1,4 @@
-"""The senders' voice activity detector: frame energy with a hangover."""
+"""The senders' voice activity detector: frame level against a tracked noise floor."""
 
 from __future__ import annotations
 
@@ -6,35 +6,61 @@ import numpy as np
 import pytest
 
 from mimirate.errors import ConfigError
-from mimirate.ratecontrol.vad import SILENCE_DBFS, VoiceActivity, frame_dbfs
+from mimirate.ratecontrol.vad import (
+    FLOOR_WINDOW_FRAMES,
+    LOUD_DBFS,
+    SILENCE_DBFS,
+    VoiceActivity,
+    frame_dbfs,
+)
 
 
-def tone(dbfs: float, n: int = 1920) -> np.ndarray:
-    # A sine's RMS is its amplitude / sqrt(2).
-    amplitude = np.sqrt(2) * 10 ** (dbfs / 20)
-    return (amplitude * np.sin(2 * np.pi * 200 * np.arange(n) / 24_000)).astype(np.float32)
+def level(dbfs: float, n: int = 1920, seed: int = 0) -> np.ndarray:
+    """White noise at ``dbfs`` RMS (the sample RMS is exact)."""
+    x = np.random.default_rng(seed).standard_normal(n)
+    return (x / np.sqrt(np.mean(x * x)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def run(vad: VoiceActivity, levels: list[float]) -> list[bool]:
+    return [vad.push(level(d, seed=i)) for i, d in enumerate(levels)]
 
 
 def test_frame_level_in_dbfs() -> None:
-    assert frame_dbfs(tone(-20.0)) == pytest.approx(-20.0, abs=0.01)
+    assert frame_dbfs(level(-20.0)) == pytest.approx(-20.0, abs=1e-3)
     assert frame_dbfs(np.zeros(1920)) == -200.0
     with pytest.raises(ConfigError):
         frame_dbfs(np.zeros(0))
 
 
-def test_silence_is_declared_after_the_hangover_and_speech_at_once() -> None:
+def test_pauses_above_the_absolute_threshold_are_silence() -> None:
+    # LibriSpeech-like: pauses at -45 dBFS (above -50), speech at -25. Silence is declared
+    # after three quiet frames following speech (the hangover), speech on its first frame.
     vad = VoiceActivity(hangover=3)
-    loud, quiet = tone(SILENCE_DBFS + 1), tone(SILENCE_DBFS - 1)
-    pattern = [quiet, loud, quiet, quiet, quiet, quiet, quiet, loud, quiet]
-    # A stream opening in silence sends nothing; three quiet frames after speech still
-    # go (the soft end of a word), the fourth does not; speech resumes on its first frame.
-    assert [vad.push(f) for f in pattern] == [
-        False, True, True, True, True, False, False, True, True,
-    ]  # fmt: skip
+    pattern = [-45.0] * 3 + [-25.0] * 2 + [-45.0] * 6 + [-26.0]
+    assert run(vad, pattern) == [False] * 3 + [True] * 2 + [True] * 3 + [False] * 3 + [True]
+    assert vad.noise_floor_dbfs == pytest.approx(-50.0)  # the window is not full yet
 
 
-def test_no_hangover_follows_the_threshold() -> None:
-    vad = VoiceActivity(threshold_dbfs=-30.0, hangover=0)
-    assert [vad.push(tone(d)) for d in (-29.0, -31.0, -29.0)] == [True, False, True]
+def test_floor_follows_the_quietest_frame_of_the_window() -> None:
+    vad = VoiceActivity(hangover=0)
+    # A quiet room (-58 dBFS) and soft speech at -44: under the loud level and barely above
+    # the absolute one, yet 14 dB over the floor, so it is speech.
+    quiet_room = run(vad, [-58.0] * FLOOR_WINDOW_FRAMES + [-44.0, -58.0])
+    assert quiet_room[-2:] == [True, False]
+    assert vad.noise_floor_dbfs == pytest.approx(-58.0, abs=1e-3)
+    # A noisy room: the floor rises to -42 once the quiet frames leave the window, and
+    # -44 is no longer speech.
+    noisy = run(vad, [-42.0] * FLOOR_WINDOW_FRAMES + [-44.0])
+    assert vad.noise_floor_dbfs == pytest.approx(-44.0, abs=1e-3) and noisy[-1] is False
+
+
+def test_loud_steady_sound_is_never_silence_and_digital_silence_always_is() -> None:
+    vad = VoiceActivity(hangover=0)
+    steady = run(vad, [LOUD_DBFS + 3] * (2 * FLOOR_WINDOW_FRAMES))
+    assert all(steady)  # its floor is itself, but it is loud
+    vad = VoiceActivity(hangover=0, margin_db=0.0)
+    assert run(vad, [SILENCE_DBFS - 1, -200.0]) == [False, False]
     with pytest.raises(ConfigError):
         VoiceActivity(hangover=-1)
+    with pytest.raises(ConfigError):
+        VoiceActivity(silence_dbfs=-30.0, loud_dbfs=-40.0)
