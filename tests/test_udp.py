@@ -12,7 +12,7 @@ from mimirate.transport.udp import open_udp
 from mimirate.transport.wire import Bye, FrameCodes, MediaPacket, encode_media
 
 
-def test_checks_in_order_and_survives_handler_errors() -> None:
+def test_checks_in_order_and_survives_handler_errors(caplog) -> None:
     async def run() -> None:
         got: list[object] = []
 
@@ -50,4 +50,8 @@ def test_checks_in_order_and_survives_handler_errors() -> None:
         assert isinstance(msg, MediaPacket) and size == len(good)
         assert msg.frames[0].index == 5 and msg.frames[0].levels == 8
 
-    asyncio.run(run())
+    with caplog.at_level("ERROR", logger="mimirate.transport.udp"):
+        asyncio.run(run())
+    # The handler's bug is logged with its traceback, not only counted.
+    (record,) = caplog.records
+    assert "handling Bye" in record.getMessage() and record.exc_info is not None

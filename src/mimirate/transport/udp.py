@@ -11,6 +11,7 @@ buffer is full, which is what a real-time sender wants rather than growing a que
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,11 @@ from mimirate.transport.wire import WireMessage, parse_message
 
 Address = tuple[str, int]
 Handler = Callable[[WireMessage, Address, int], None]
+
+log = logging.getLogger(__name__)
+#: Handler exceptions logged with their traceback; after these, one in LOG_EVERY.
+LOG_FIRST_ERRORS = 5
+LOG_EVERY = 1000
 
 
 @dataclass
@@ -88,8 +94,15 @@ class MediaProtocol(asyncio.DatagramProtocol):
         try:
             self.handler(msg, addr[:2], len(data))
         except Exception:
-            # One client's bad state must not take the socket down for everyone.
+            # One client's bad state must not take the socket down for everyone. But a
+            # handler that raises is a bug, not bad input (parsing already refused that):
+            # say so, with the traceback, without letting a flood fill the log.
             c.handler_errors += 1
+            n = c.handler_errors
+            if n <= LOG_FIRST_ERRORS or n % LOG_EVERY == 0:
+                log.exception(
+                    "handling %s from %s failed (error %d)", type(msg).__name__, addr[:2], n
+                )
 
     def send(self, data: bytes, addr: Address | None = None) -> None:
         if self.transport is None or self.transport.is_closing():
