@@ -266,15 +266,21 @@ def allocation(args: argparse.Namespace) -> dict:
         )
     c = curve.mean(axis=0)
     fixed8 = out["rows"]["1100.0"]
-    order = np.argsort(c[:, 1])
-    bps_same = float(np.interp(fixed8["fixed_mel"], c[order, 1], c[order, 0]))
-    saved = 1 - bps_same / fixed8["fixed_bps"]
-    print(
+    head = (
         f"fixed 8 levels: {fixed8['fixed_bps'] / 1e3:.3f} kbit/s, mel {fixed8['fixed_mel']:.3f}; "
-        f"adaptive reaches that mel distance at {bps_same / 1e3:.3f} kbit/s: "
-        f"{100 * saved:.1f}% fewer bits (curve {c[:, 0].min() / 1e3:.2f}-"
-        f"{c[:, 0].max() / 1e3:.2f} kbit/s)"
+        f"adaptive (curve {c[:, 0].min() / 1e3:.2f}-{c[:, 0].max() / 1e3:.2f} kbit/s, mel "
+        f"{c[:, 1].min():.3f}-{c[:, 1].max():.3f})"
     )
+    # The lowest rate on the curve whose mel distance is at least as good: interpolating
+    # would clamp at the curve's ends and report a saving for a curve that never gets there.
+    reached = np.flatnonzero(c[:, 1] <= fixed8["fixed_mel"])
+    if reached.size:
+        j = reached[np.argmin(c[reached, 0])]
+        saved: float | None = float(1 - c[j, 0] / fixed8["fixed_bps"])
+        print(f"{head} reaches it at {c[j, 0] / 1e3:.3f} kbit/s: {100 * saved:.1f}% fewer bits")
+    else:
+        saved = None
+        print(f"{head} does not reach it")
     out["bits_saved_at_fixed8_mel"] = saved
     out["curve"] = c.tolist()
     return out
