@@ -11,7 +11,8 @@
 # soundfile or soxr (the bundle is Ogg Opus); prepare.sh fetches them as wheels.
 # Environment: RUN_DIR (default training/run), DEVICE (default cuda), OUT (the device's
 # folder for files to send back: at most 8 files of 16 MiB, so the checkpoint's shards
-# go one by one and the small files in one tar).
+# go one by one and the small files in one tar), GPU_BENCH=1 (then also issue 2's GPU
+# benchmark, into bench_gpu.json).
 set -euo pipefail
 minutes=${1:?usage: run.sh MINUTES [mimirate train flags]}
 shift
@@ -36,5 +37,11 @@ for f in "$run"/checkpoint/*.safetensors "$run"/best/*.safetensors; do
 done
 tar -cf "$out/small-files.tar" -C "$run" log.jsonl commands.txt train_config.json \
     checkpoint/state.json $(cd "$run" && ls best/state.json 2>/dev/null)
-ls -la "$out"
 tail -n 2 "$run/log.jsonl" | cut -c1-300
+if [ "${GPU_BENCH:-0}" = 1 ]; then
+    # Issue 2's GPU figure in the same lease: batch-64 offline encode/decode, ours vs
+    # transformers' MimiModel (in the device image), bf16, one JSON file back.
+    timeout 240 python3 benchmarks/bench_codec.py --batch 64 --seconds 10 --device cuda \
+        --dtype bfloat16 --json > "$out/bench_gpu.json" || echo "bench_codec failed" >&2
+fi
+ls -la "$out"
