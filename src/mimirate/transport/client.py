@@ -124,7 +124,7 @@ class ClientOptions:
         idle_s: the stream has ended when nothing arrived for this long.
         jitter_frames: initial jitter-buffer delay in frames.
         quality_table: the controller's quality table (default: the model's).
-        dtx: mark silent frames (energy VAD with a hangover), so that a controller that
+        dtx: mark silent frames (a noise-floor VAD with a hangover), so that a controller that
             suppresses silence does not send them; the fixed sender sends every frame.
     """
 
