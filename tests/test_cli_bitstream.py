@@ -49,12 +49,22 @@ def test_encode_info_truncate_decode(clips, tmp_path, capsys):
     assert "nominal    1.100 kbit/s" in out and "at 4 (40-byte IPv4/UDP/RTP" in out
 
     b = tmp_path / "b.mimi"
-    assert run(capsys, "truncate", a, b, "--levels", "3")[0] == 0
+    code, out, _ = run(capsys, "truncate", a, b, "--levels", "3", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "output": str(b),
+        "bytes": b.stat().st_size,
+        "bytes_before": a.stat().st_size,
+        "levels": 3,
+    }
     full, cut = MimiFile.parse(a.read_bytes()), MimiFile.parse(b.read_bytes())
     np.testing.assert_array_equal(cut.codes, full.codes[:3])
 
     wav = tmp_path / "b.wav"
-    assert run(capsys, "decode", b, wav, "--random-init")[0] == 0
+    code, out, _ = run(capsys, "decode", b, wav, "--random-init", "--json")
+    assert code == 0
+    got = json.loads(out)
+    assert (got["seconds"], got["frames"], got["levels"], got["mean_levels"]) == (1.0, 13, 3, 3.0)
     audio, rate = sf.read(wav)
     assert rate == 24_000 and audio.shape == (24_000,)
 

@@ -3,6 +3,7 @@ run on the CPU with the tiny model (the device machine runs the same script on C
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -36,12 +37,15 @@ def test_device_run_resumes_with_a_larger_batch_and_collect_restores_it(tmp_path
     out.mkdir()
     common = ["--data-root", str(tmp_path / "data"), "--threads", "1", "--no-progress"]
     first = ["--config", "tiny", "--out", str(run), "--steps", "2", "--batch", "2"]
-    subprocess.run(
-        [sys.executable, "-m", "mimirate", "train", *first, *common],
+    started = subprocess.run(
+        [sys.executable, "-m", "mimirate", "train", *first, *common, "--json"],
         check=True,
         capture_output=True,
+        text=True,
         env=_env(),
     )
+    summary = json.loads(started.stdout)  # --json: stdout is the summary alone
+    assert summary["step"] == 2 and summary["last"]["step"] == 2 and summary["clips"] == 2
     done = subprocess.run(
         ["bash", str(REPO / "training/gpu/run.sh"), "1", "--steps", "4", "--batch", "3", *common],
         capture_output=True,

@@ -235,6 +235,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
     audio = codec.decode(mf.codes, levels)[: mf.num_samples]
     write_wav(args.output, audio, codec.sample_rate)
     lv = mf.frame_levels()
+    if args.json:
+        from mimirate.cli import print_json
+
+        print_json(
+            {
+                "output": str(args.output),
+                "seconds": mf.num_samples / mf.sample_rate,
+                "frames": mf.num_frames,
+                "levels": mf.num_levels,
+                "mean_levels": float(lv.mean()) if lv.size else 0.0,
+                "model": mf.model,
+            }
+        )
+        return 0
     shown = f"{mf.num_levels}" if mf.levels is None else f"{lv.mean():.2f} (mean of per-frame)"
     print(f"{args.output}: {mf.num_samples / mf.sample_rate:.3f} s at {shown} levels")
     return 0
@@ -254,7 +268,19 @@ def cmd_truncate(args: argparse.Namespace) -> int:
     else:
         out = truncate_bytes(data, args.levels)
     atomic_write_bytes(args.output, out)
-    print(f"{args.output}: {len(out)} bytes ({len(data)} before), {args.levels} levels")
+    if args.json:
+        from mimirate.cli import print_json
+
+        print_json(
+            {
+                "output": str(args.output),
+                "bytes": len(out),
+                "bytes_before": len(data),
+                "levels": args.levels,
+            }
+        )
+    else:
+        print(f"{args.output}: {len(out)} bytes ({len(data)} before), {args.levels} levels")
     return 0
 
 
@@ -410,6 +436,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_table_arg(p)
     _add_model_args(p, default=None)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
@@ -422,6 +449,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUT")
     p.add_argument("--levels", type=int, required=True, help="levels to keep, K")
     _add_table_arg(p)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_truncate)
 
     p = sub.add_parser(

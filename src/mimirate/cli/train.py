@@ -11,6 +11,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import sys
 import time
@@ -87,6 +89,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="speech folders (not the dev one)")
     p.add_argument("--espeak", type=int, default=0, help="add this many espeak-ng sentences")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=_train)
     sub = p.add_subparsers(dest="train_command", metavar="SUBCOMMAND")
 
@@ -195,17 +198,34 @@ def _train(args: argparse.Namespace) -> int:
         clips += synthetic_speech(args.espeak, rate, config.seed)
     train, holdout = split_holdout(clips, config.holdout_clips, config.seed)
     minutes = sum(len(c.samples) for c in train) / rate / 60
-    print(f"data: {source}: {len(train)} clips, {minutes:.1f} min (+{len(holdout)} held out)")
+    # With --json, stdout carries only the summary at the end; the rest goes to stderr.
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)
+    say(f"data: {source}: {len(train)} clips, {minutes:.1f} min (+{len(holdout)} held out)")
     trainer = Trainer(config, train, holdout, args.out, device=args.device, progress=progress)
     if args.resume:
         trainer.restore()
-        print(f"resumed at step {trainer.step}")
+        say(f"resumed at step {trainer.step}")
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "commands.txt", "a") as f:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         f.write(f"{stamp} mimirate {' '.join(sys.argv[1:])}  # device {args.device}\n")
     (args.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     last = trainer.run(max_minutes=args.max_minutes)
+    if args.json:
+        from mimirate.cli import print_json
+
+        print_json(
+            {
+                "step": trainer.step,
+                "checkpoint": str(ckpt_dir),
+                "data": source,
+                "clips": len(train),
+                "minutes": minutes,
+                "last": None if last is None else dataclasses.asdict(last),
+                "lr_factor": trainer.lr_factor(),
+            }
+        )
+        return 0
     print(f"stopped at step {trainer.step}; checkpoint in {ckpt_dir}")
     if last is not None:
         print(f"last step: loss {last.loss:.4f} mel {last.mel:.4f} energy {last.energy_ratio:.3f}")
