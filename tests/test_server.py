@@ -468,3 +468,23 @@ def test_uplink_reports_follow_stream_time_through_dtx_gaps(codec) -> None:
     # (Before this test, building the report raised on every packet: publishers never
     # heard from the server, and their controllers ran blind.)
     assert asyncio.run(run()) == ([0, 1, 1, 1, 1], 0)
+
+
+def test_a_background_task_that_fails_is_logged(codec, tmp_path, caplog) -> None:
+    """The broadcast source runs as a task nobody awaits: a file it cannot read must show
+    in the log at once, not vanish with the task."""
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF not really a wave file")
+
+    async def run():
+        async with MimirateServer(config(broadcast=str(bad)), codec):
+            await asyncio.sleep(0.3)
+
+    with caplog.at_level("ERROR", logger="mimirate.transport.server"):
+        asyncio.run(run())
+    failed = [
+        r
+        for r in caplog.records
+        if r.name == "mimirate.transport.server" and "_broadcast_source" in r.getMessage()
+    ]
+    assert failed and failed[0].exc_info is not None

@@ -124,6 +124,13 @@ class Session:
     reported_frame: int | None = None
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A background task (the broadcast source, a browser's writer, the reaper) that died
+    of an exception says so at once: nobody awaits it, so it would otherwise be silent."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_coro(), exc_info=task.exception())
+
+
 class WsListener:
     """A browser listener: frames in through a bounded queue, PCM out over its WebSocket."""
 
@@ -274,6 +281,7 @@ class MimirateServer:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     def _now_ms(self) -> float:
