@@ -470,21 +470,33 @@ def test_uplink_reports_follow_stream_time_through_dtx_gaps(codec) -> None:
     assert asyncio.run(run()) == ([0, 1, 1, 1, 1], 0)
 
 
-def test_a_background_task_that_fails_is_logged(codec, tmp_path, caplog) -> None:
-    """The broadcast source runs as a task nobody awaits: a file it cannot read must show
-    in the log at once, not vanish with the task."""
+def test_a_broadcast_file_that_cannot_be_read_is_refused_at_construction(codec, tmp_path):
+    from mimirate.errors import AudioError
+
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(AudioError):
+        MimirateServer(config(broadcast=str(bad)), codec)
+
+
+def test_a_background_task_that_fails_is_logged(codec, wav, caplog, monkeypatch) -> None:
+    """The broadcast source runs as a task nobody awaits: its failure must show in the log
+    at once, not vanish with the task (or wait for the garbage collector)."""
+
+    async def broken_source(self, audio) -> None:
+        raise RuntimeError("the encoder broke")
+
+    monkeypatch.setattr(MimirateServer, "_broadcast_source", broken_source)
 
     async def run():
-        async with MimirateServer(config(broadcast=str(bad)), codec):
-            await asyncio.sleep(0.3)
+        async with MimirateServer(config(broadcast=str(wav)), codec):
+            await asyncio.sleep(0.2)
 
     with caplog.at_level("ERROR", logger="mimirate.transport.server"):
         asyncio.run(run())
     failed = [
         r
         for r in caplog.records
-        if r.name == "mimirate.transport.server" and "_broadcast_source" in r.getMessage()
+        if r.name == "mimirate.transport.server" and "broken_source" in r.getMessage()
     ]
-    assert failed and failed[0].exc_info is not None
+    assert failed and "the encoder broke" in str(failed[0].exc_info[1])

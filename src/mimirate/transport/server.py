@@ -221,6 +221,14 @@ class MimirateServer:
             make_policy(config, self.codec.num_levels, self.codec.name)  # fail early if bad
         if config.token is not None and len(config.token) < 8:
             raise ConfigError("the token must have at least 8 characters")
+        # The broadcast file is read now: one that cannot be read is an error of the
+        # command that names it (AudioError), not of a task after the server started.
+        self._broadcast_audio: np.ndarray | None = None
+        if config.broadcast is not None:
+            from mimirate.audio import read_audio
+
+            audio = read_audio(config.broadcast, self.codec.sample_rate).samples
+            self._broadcast_audio = np.asarray(audio, np.float32).reshape(-1)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> MimirateServer:
@@ -255,8 +263,8 @@ class MimirateServer:
         assert self.udp.transport is not None
         self.udp_port = int(self.udp.transport.get_extra_info("sockname")[1])
         self._spawn(self._reaper())
-        if self.config.broadcast is not None:
-            self._spawn(self._broadcast_source(self.config.broadcast))
+        if self._broadcast_audio is not None:
+            self._spawn(self._broadcast_source(self._broadcast_audio))
 
     async def stop(self) -> None:
         for s in list(self.sessions.values()):
@@ -667,11 +675,8 @@ class MimirateServer:
                 self._end_session(s, notify=True)
 
     # -- broadcast source --------------------------------------------------------------
-    async def _broadcast_source(self, path: str) -> None:
-        """Encode ``path`` once at every level, in real time, looping; publish each frame."""
-        from mimirate.audio import read_audio
-
-        audio = read_audio(path, self.codec.sample_rate).samples
+    async def _broadcast_source(self, audio: np.ndarray) -> None:
+        """Encode ``audio`` once at every level, in real time, looping; publish each frame."""
         room = self.rooms.setdefault(BROADCAST_ROOM, Room(BROADCAST_ROOM))
         encoder = self.codec.stream_encoder()
         vad = VoiceActivity()
