@@ -453,7 +453,7 @@ def dtx(args: argparse.Namespace) -> dict:
     from mimirate.ratecontrol.qoe import load_quality_table
     from mimirate.ratecontrol.simulator import simulate
     from mimirate.ratecontrol.traces import constant_trace
-    from mimirate.ratecontrol.vad import VoiceActivity, frame_dbfs
+    from mimirate.ratecontrol.vad import VoiceActivity, levels_dbfs
     from mimirate.ratecontrol.wire import WireSizer
 
     files = files_of(DEV, args.files or 40)
@@ -463,7 +463,7 @@ def dtx(args: argparse.Namespace) -> dict:
         frames = x[: x.size // 1920 * 1920].reshape(-1, 1920)
         vad = VoiceActivity()
         speech = np.array([vad.push(f) for f in frames])
-        levels = np.array([frame_dbfs(f) for f in frames])
+        levels = levels_dbfs(frames, 1920)
         if speech.any():
             below_median += list(np.median(levels[speech]) - levels[~speech])
         activity.append(speech)

@@ -32,7 +32,7 @@ import numpy as np
 
 from mimirate.errors import ConfigError
 from mimirate.fileio import atomic_write_bytes
-from mimirate.ratecontrol.vad import SILENCE_DBFS
+from mimirate.ratecontrol.vad import SILENCE_DBFS, levels_dbfs
 
 #: Levels given to silent frames (a frame cannot have 0 levels in a .mimi file).
 SILENCE_LEVELS = 1
@@ -218,12 +218,7 @@ def silent_frames(
 ) -> np.ndarray:
     """``[T]`` bool: frames of ``[N]`` audio whose RMS is under ``threshold_dbfs``
     (the last frame zero-padded, as the encoder pads it)."""
-    x = np.asarray(audio, dtype=np.float64).reshape(-1)
-    n = -(-x.size // frame_size)
-    frames = np.zeros(n * frame_size)
-    frames[: x.size] = x
-    rms = np.sqrt(np.mean(frames.reshape(n, frame_size) ** 2, axis=1))
-    return 20 * np.log10(np.maximum(rms, 1e-10)) < threshold_dbfs
+    return levels_dbfs(audio, frame_size) < threshold_dbfs
 
 
 class StreamingAllocator:

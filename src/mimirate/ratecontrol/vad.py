@@ -41,8 +41,18 @@ def frame_dbfs(frame: np.ndarray) -> float:
     x = np.asarray(frame, dtype=np.float64).reshape(-1)
     if x.size == 0:
         raise ConfigError("an empty frame has no level")
-    rms = float(np.sqrt(np.mean(x * x)))
-    return 20.0 * float(np.log10(max(rms, 1e-10)))
+    return float(levels_dbfs(x, x.size)[0])
+
+
+def levels_dbfs(audio: np.ndarray, frame_size: int) -> np.ndarray:
+    """``[T]`` RMS levels (dBFS) of the frames of ``[N]`` audio, the last one zero-padded
+    as the encoder pads it (-200 for digital silence)."""
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    n = -(-x.size // frame_size)
+    frames = np.zeros(n * frame_size)
+    frames[: x.size] = x
+    rms = np.sqrt(np.mean(frames.reshape(n, frame_size) ** 2, axis=1))
+    return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
 class VoiceActivity:
