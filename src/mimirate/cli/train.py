@@ -24,9 +24,9 @@ from mimirate.errors import ConfigError
 REPO_DEFAULT_BUNDLE = Path("training/bundle")
 SHARED_SPEECH = Path("../shared/data/speech")
 
-#: Flags that may differ from the checkpoint's configuration when resuming.
-#: What a resumed run may change. The batch, crop length and learning rate among them:
-#: a GPU continues a CPU run with larger batches (the draws stay reproducible from there on).
+#: Flags that may differ from the checkpoint's configuration when resuming. The batch, crop
+#: length and learning rate among them: a GPU continues a CPU run with larger batches (the
+#: draws stay reproducible from there on).
 _RESUME_OVERRIDES = (
     "steps",
     "batch_size",
