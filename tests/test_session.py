@@ -29,8 +29,8 @@ def frame(i: int, k: int = 32) -> FrameCodes:
     return FrameCodes(i, (np.arange(k, dtype=np.uint16) * 7 + i) % 2048)
 
 
-def sender(levels=8, fpp=1, red=0) -> Sender:
-    d = SendDecision(levels, fpp, red)
+def sender(levels=8, fpp=1, red=0, silence_levels=None) -> Sender:
+    d = SendDecision(levels, fpp, red, silence_levels=silence_levels)
     return Sender(32, FixedPolicy(d), d)
 
 
@@ -201,23 +201,8 @@ def test_long_loss_fades_to_silence_then_recovers(codec) -> None:
     assert out[-1].source is FrameSource.FULL and out[-1].index == 12
 
 
-class _SilencePolicy:
-    """Fixed settings that send silent frames at ``silence_levels`` (0: not at all)."""
-
-    name = "silence"
-
-    def __init__(self, silence_levels: int | None, fpp: int = 2) -> None:
-        self.decision = SendDecision(8, fpp, 2, silence_levels=silence_levels)
-
-    def on_sent(self, seq: int, send_ms: float, wire_bytes: int) -> None:
-        pass
-
-    def update(self, report, now_ms: float) -> SendDecision:
-        return self.decision
-
-
 def test_sender_leaves_silent_frames_out_under_dtx_and_receiver_counts_them() -> None:
-    s = Sender(32, _SilencePolicy(0), SendDecision(8, 2, 2))
+    s = sender(fpp=2, red=2, silence_levels=0)
     speech = [True, True, True, False, False, False, True, True]
     out = [s.push(frame(i), i * 80.0, speech[i]) for i in range(len(speech))]
     # Frames 0-1 form a packet; frame 2 waits for a partner, but frame 3 is silent: 2 goes
@@ -239,11 +224,11 @@ def test_sender_leaves_silent_frames_out_under_dtx_and_receiver_counts_them() ->
 
 
 def test_sender_sends_silent_frames_at_silence_levels_or_like_speech() -> None:
-    s = Sender(32, _SilencePolicy(2, fpp=1), SendDecision(8, 1, 0))
+    s = sender(red=2, silence_levels=2)
     (data,) = s.push(frame(0), 0.0, speech=False)
     pkt = parse_message(data)
     assert [f.levels for f in pkt.frames] == [2] and s.dtx_frames == 0
-    s = Sender(32, _SilencePolicy(None, fpp=1), SendDecision(8, 1, 0))
+    s = sender(red=2)
     (data,) = s.push(frame(0), 0.0, speech=False)
     assert [f.levels for f in parse_message(data).frames] == [8]
 
@@ -260,7 +245,7 @@ def test_adaptive_policy_suppresses_silence() -> None:
 def test_dtx_sends_a_keepalive_frame_every_few_frames_of_silence() -> None:
     from mimirate.ratecontrol.controller import DTX_KEEPALIVE_FRAMES
 
-    s = Sender(32, _SilencePolicy(0, fpp=3), SendDecision(8, 3, 0))
+    s = sender(fpp=3, red=2, silence_levels=0)
     sent = []
     for i in range(12):
         for data in s.push(frame(i), i * 80.0, speech=i == 0):
