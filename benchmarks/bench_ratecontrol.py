@@ -37,8 +37,6 @@ TRAIN = SPEECH / "ljspeech-excerpt"
 MEASURED_LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 TARGETS_BPS = (550.0, 1100.0, 2200.0)
 FIXED_FOR_TARGET = {550.0: 4, 1100.0: 8, 2200.0: 16}
-METRIC_RATE = 16000
-MAX_DELAY_S = 0.2
 
 
 def load(args: argparse.Namespace):  # -> Codec
@@ -60,51 +58,29 @@ def files_of(folder: Path, n: int | None) -> list[Path]:
 
 
 class Scored:
-    """One dev file: encoded once at all levels; decoded at any per-frame levels and scored."""
+    """One dev file: encoded once at all levels; decoded at any per-frame levels and scored
+    (:class:`mimirate.evaluation.distortion.FrameMel` does the decoding and the mel)."""
 
     def __init__(self, codec, path: Path) -> None:
-        import soxr
-
         from mimirate.audio import read_audio
-        from mimirate.evaluation.metrics import log_mel
+        from mimirate.evaluation.distortion import FrameMel
 
         self.codec = codec
         self.audio = read_audio(path, codec.sample_rate).samples
         self.enc = codec.encode(self.audio)
-        self.ref16 = soxr.resample(self.audio, codec.sample_rate, METRIC_RATE)
-        self.ref_mel = log_mel(self.ref16)
-        full = codec.decode(self.enc.codes)
-        self.delay = self._delay(full)
-
-    def _delay(self, decoded: np.ndarray) -> int:
-        import soxr
-
-        from mimirate.evaluation.align import estimate_delay
-
-        deg = soxr.resample(decoded[: self.audio.size + 4000], self.codec.sample_rate, METRIC_RATE)
-        return estimate_delay(self.ref16, deg, int(MAX_DELAY_S * METRIC_RATE))
+        self.frames = FrameMel(codec, self.audio, self.enc)
+        self.ref16 = self.frames.reference
 
     def degraded(self, levels: np.ndarray) -> np.ndarray:
-        import soxr
-
-        from mimirate.evaluation.align import shift
-
-        out = self.codec.decode(self.enc.codes, np.asarray(levels))
-        deg = soxr.resample(out, self.codec.sample_rate, METRIC_RATE)
-        return shift(deg, self.delay, self.ref16.size)
+        return self.frames.degraded(levels)
 
     def score(self, levels: np.ndarray, pesq: bool = True) -> tuple[float, float, np.ndarray]:
         """(PESQ-WB, mel distance, per-codec-frame mel distance [T])."""
-        from mimirate.evaluation.metrics import log_mel, pesq_wb
+        from mimirate.evaluation.metrics import pesq_wb
 
         deg = self.degraded(levels)
-        d = np.abs(log_mel(deg) - self.ref_mel).mean(axis=0)  # per 16 ms mel frame
-        hop = self.codec.frame_size * METRIC_RATE // self.codec.sample_rate // 256  # 5
-        t = self.enc.num_frames
-        per = np.array(
-            [d[i * hop : (i + 1) * hop].mean() if i * hop < d.size else np.nan for i in range(t)]
-        )
-        return (pesq_wb(self.ref16, deg) if pesq else float("nan")), float(d.mean()), per
+        d, per = self.frames.distances(deg)
+        return (pesq_wb(self.ref16, deg) if pesq else float("nan")), d, per
 
 
 # -- the quality table -------------------------------------------------------------------------
@@ -173,33 +149,37 @@ def calibrate(args: argparse.Namespace) -> None:
 
 # -- allocation --------------------------------------------------------------------------------
 def container_bytes(codec, enc, levels: np.ndarray | None, k: int | None = None) -> int:
+    """Bytes of the .mimi file of ``enc``'s first ``k`` levels (all by default), at
+    per-frame ``levels`` (stored only when they are not all ``k``)."""
     from mimirate.bitstream.container import MimiFile
 
     kk = codec.num_levels if k is None else k
+    if levels is not None and np.all(levels == kk):
+        levels = None
     codes = enc.codes[:kk]
     levels = None if levels is None else levels.astype(np.uint8)
     return len(MimiFile.of_codec(codec, codes, enc.num_samples, levels=levels).to_bytes())
 
 
-def adaptive_levels(codec, s: Scored, budget_bytes: int, cal, silent) -> np.ndarray:
-    """The richest allocation whose real .mimi file fits ``budget_bytes``."""
-    from mimirate.ratecontrol.allocation import allocate
+def adaptive_levels(codec, s: Scored, budget_bytes: int, distortion, cal, silent) -> np.ndarray:
+    """The least-distortion allocation whose real .mimi file fits ``budget_bytes``."""
+    from mimirate.ratecontrol.allocation import fit_allocation
 
-    t = s.enc.num_frames
-    dur = t / codec.frame_rate
-    lo, hi = 1.0, budget_bytes * 8 / dur * 1.2
-    best = np.ones(t, np.int64)
-    for _ in range(18):
-        mid = (lo + hi) / 2
-        lv = allocate(s.enc.latent_error, mid, calibration=cal, silent=silent).levels
-        if container_bytes(codec, s.enc, lv) <= budget_bytes:
-            best, lo = lv, mid
-        else:
-            hi = mid
-    return best
+    return fit_allocation(
+        distortion,
+        budget_bytes * 8,
+        lambda lv, cap: 8 * container_bytes(codec, s.enc, lv, cap),
+        calibration=cal,
+        silent=silent,
+    ).levels
+
+
+#: The two rankings compared: the encoder's free estimate, and decoding every level count.
+RANKINGS = ("latent", "measured")
 
 
 def allocation(args: argparse.Namespace) -> dict:
+    from mimirate.evaluation.distortion import measured_distortion
     from mimirate.ratecontrol.allocation import Calibration, silent_frames
 
     codec = load(args)
@@ -210,79 +190,83 @@ def allocation(args: argparse.Namespace) -> dict:
         print(f"no calibration ({e}); allocating on raw latent error", file=sys.stderr)
         cal = None
     files = files_of(DEV, args.files)
-    rows: dict[str, list] = {}
+    rows: dict[tuple[str, float], list] = {}
     curve_targets = np.linspace(500, 1300, 9)
-    curve = np.zeros((len(files), curve_targets.size, 2))
+    curve = {r: np.zeros((len(files), curve_targets.size, 2)) for r in RANKINGS}
     for i, f in enumerate(tqdm(files, desc="allocation (dev set)", unit="file")):
         s = Scored(codec, f)
         dur = s.enc.num_frames / codec.frame_rate
         quiet = silent_frames(s.audio, codec.frame_size)
+        ranking = {
+            "latent": (s.enc.latent_error, cal),
+            "measured": (measured_distortion(codec, s.audio, s.enc, 16), None),
+        }
         for target in TARGETS_BPS:
             k = FIXED_FOR_TARGET[target]
             fixed_bytes = container_bytes(codec, s.enc, None, k)
             p_f, m_f, _ = s.score(np.full(s.enc.num_frames, k))
-            lv = adaptive_levels(codec, s, fixed_bytes, cal, quiet)
-            p_a, m_a, _ = s.score(lv)
-            a_bytes = container_bytes(codec, s.enc, lv)
-            rows.setdefault(str(target), []).append(
-                (fixed_bytes * 8 / dur, p_f, m_f, a_bytes * 8 / dur, p_a, m_a, lv.mean())
-            )
-        for j, tgt in enumerate(curve_targets):  # for "bits saved at fixed-8 quality"
-            lv = adaptive_levels(codec, s, int(tgt * dur / 8), cal, quiet)
-            _, m, _ = s.score(lv, pesq=False)
-            curve[i, j] = (container_bytes(codec, s.enc, lv) * 8 / dur, m)
+            for r, (dist, c) in ranking.items():
+                lv = adaptive_levels(codec, s, fixed_bytes, dist, c, quiet)
+                p_a, m_a, _ = s.score(lv)
+                a_bytes = container_bytes(codec, s.enc, lv, int(lv.max()))
+                rows.setdefault((r, target), []).append(
+                    (fixed_bytes * 8 / dur, p_f, m_f, a_bytes * 8 / dur, p_a, m_a, lv.mean())
+                )
+            for r, (dist, c) in ranking.items():  # for "bits saved at fixed-8 quality"
+                for j, tgt in enumerate(curve_targets):
+                    lv = adaptive_levels(codec, s, int(tgt * dur / 8), dist, c, quiet)
+                    _, m, _ = s.score(lv, pesq=False)
+                    bps = container_bytes(codec, s.enc, lv, int(lv.max())) * 8 / dur
+                    curve[r][i, j] = (bps, m)
     print(
         f"\n(1) content-adaptive vs fixed levels at equal real bitrate (.mimi container "
-        f"bytes, side information included), {len(files)} dev files, model {name}"
+        f"bytes, side information included), {len(files)} dev files, model {name}; levels "
+        "ranked by the calibrated latent error (free) or by decoding (measured)"
     )
     print(
-        f"{'target':>7} | {'fixed':>6}{'kbit/s':>8}{'PESQ':>7}{'mel':>7} | "
-        f"{'adapt kbit/s':>12}{'PESQ':>7}{'mel':>7}{'levels':>8}"
+        f"{'target':>7} | {'fixed':>6}{'kbit/s':>8}{'PESQ':>7}{'mel':>7} | {'ranking':>9}"
+        f"{'kbit/s':>8}{'PESQ':>7}{'mel':>7}{'levels':>8}"
     )
-    out = {"model": name, "files": len(files), "rows": {}}
-    for target, vals in rows.items():
-        v = np.array(vals, dtype=np.float64)
-        mean = np.nanmean(v, axis=0)
-        k = FIXED_FOR_TARGET[float(target)]
-        print(
-            f"{float(target) / 1e3:>6.2f}k | {k:>6}{mean[0] / 1e3:>8.3f}{mean[1]:>7.3f}"
-            f"{mean[2]:>7.3f} | {mean[3] / 1e3:>12.3f}{mean[4]:>7.3f}{mean[5]:>7.3f}"
-            f"{mean[6]:>8.2f}"
-        )
-        out["rows"][target] = dict(
-            zip(
-                [
-                    "fixed_bps",
-                    "fixed_pesq",
-                    "fixed_mel",
-                    "adaptive_bps",
-                    "adaptive_pesq",
-                    "adaptive_mel",
-                    "adaptive_mean_levels",
-                ],
-                map(float, mean),
-                strict=True,
+    keys = ["bps", "pesq", "mel"]
+    out: dict = {"model": name, "files": len(files), "rows": {}, "bits_saved_at_fixed8_mel": {}}
+    for target in TARGETS_BPS:
+        k = FIXED_FOR_TARGET[target]
+        row: dict = {}
+        for r in RANKINGS:
+            mean = np.nanmean(np.array(rows[(r, target)], dtype=np.float64), axis=0)
+            row["fixed"] = dict(zip(keys, map(float, mean[:3]), strict=True)) | {"levels": k}
+            row[r] = dict(zip(keys, map(float, mean[3:6]), strict=True)) | {
+                "levels": float(mean[6])
+            }
+            head = (
+                f"{target / 1e3:>6.2f}k | {k:>6}{mean[0] / 1e3:>8.3f}{mean[1]:>7.3f}{mean[2]:>7.3f}"
+                if r == RANKINGS[0]
+                else " " * 36
             )
+            print(
+                f"{head} | {r:>9}{mean[3] / 1e3:>8.3f}{mean[4]:>7.3f}{mean[5]:>7.3f}{mean[6]:>8.2f}"
+            )
+        out["rows"][str(target)] = row
+    fixed8 = out["rows"]["1100.0"]["fixed"]
+    print(f"fixed 8 levels: {fixed8['bps'] / 1e3:.3f} kbit/s, mel {fixed8['mel']:.3f}")
+    for r in RANKINGS:
+        c = curve[r].mean(axis=0)
+        head = (
+            f"  {r}: curve {c[:, 0].min() / 1e3:.2f}-{c[:, 0].max() / 1e3:.2f} kbit/s, mel "
+            f"{c[:, 1].min():.3f}-{c[:, 1].max():.3f};"
         )
-    c = curve.mean(axis=0)
-    fixed8 = out["rows"]["1100.0"]
-    head = (
-        f"fixed 8 levels: {fixed8['fixed_bps'] / 1e3:.3f} kbit/s, mel {fixed8['fixed_mel']:.3f}; "
-        f"adaptive (curve {c[:, 0].min() / 1e3:.2f}-{c[:, 0].max() / 1e3:.2f} kbit/s, mel "
-        f"{c[:, 1].min():.3f}-{c[:, 1].max():.3f})"
-    )
-    # The lowest rate on the curve whose mel distance is at least as good: interpolating
-    # would clamp at the curve's ends and report a saving for a curve that never gets there.
-    reached = np.flatnonzero(c[:, 1] <= fixed8["fixed_mel"])
-    if reached.size:
-        j = reached[np.argmin(c[reached, 0])]
-        saved: float | None = float(1 - c[j, 0] / fixed8["fixed_bps"])
-        print(f"{head} reaches it at {c[j, 0] / 1e3:.3f} kbit/s: {100 * saved:.1f}% fewer bits")
-    else:
-        saved = None
-        print(f"{head} does not reach it")
-    out["bits_saved_at_fixed8_mel"] = saved
-    out["curve"] = c.tolist()
+        # The lowest rate on the curve whose mel distance is at least as good: interpolating
+        # would clamp at the curve's ends and report a saving for a curve that never gets there.
+        reached = np.flatnonzero(c[:, 1] <= fixed8["mel"])
+        saved: float | None = None
+        if reached.size:
+            j = reached[np.argmin(c[reached, 0])]
+            saved = float(1 - c[j, 0] / fixed8["bps"])
+            print(f"{head} reaches it at {c[j, 0] / 1e3:.3f} kbit/s: {100 * saved:.1f}% fewer bits")
+        else:
+            print(f"{head} does not reach it")
+        out["bits_saved_at_fixed8_mel"][r] = saved
+        out.setdefault("curve", {})[r] = c.tolist()
     return out
 
 

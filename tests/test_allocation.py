@@ -6,6 +6,7 @@ from mimirate.ratecontrol.allocation import (
     Calibration,
     StreamingAllocator,
     allocate,
+    fit_allocation,
     hull_gains,
     side_bits_per_frame,
     silent_frames,
@@ -106,3 +107,44 @@ def test_streaming_allocator_tracks_target(rng):
     uniform = np.full(400, int((1100 - 62.5) // 137.5))
     got, best, flat = (err[x - 1, t].sum() for x in (lv, offline, uniform))
     assert best <= got < flat
+
+
+def _file_bits(levels: np.ndarray, cap: int) -> int:
+    """A stand-in for a real container: 400 bits of header, codes, and side information
+    as wide as the cap needs, unless every frame is at the cap."""
+    side = 0 if np.all(levels == cap) else side_bits_per_frame(cap) * levels.size
+    return 400 + 11 * int(levels.sum()) + side
+
+
+@pytest.mark.parametrize("budget_levels", [3, 8, 20])
+def test_fit_allocation_fits_the_real_size_and_picks_the_best_cap(rng, budget_levels):
+    err = curves(rng, t=120)
+    budget = 400 + 11 * budget_levels * 120
+    a = fit_allocation(err, budget, _file_bits)
+    assert _file_bits(a.levels, int(a.levels.max())) <= budget
+    t = np.arange(120)
+    chosen = err[a.levels - 1, t].sum()
+    # Never worse than the uniform file the budget buys (no side information at all)...
+    assert chosen <= err[budget_levels - 1].sum() + 1e-9
+    # ...nor than any single cap tried alone.
+    for cap in (2, 4, 8, 16, 32):
+        alone = fit_allocation(err, budget, _file_bits, caps=[cap])
+        assert chosen <= err[alone.levels - 1, t].sum() + 1e-9
+    # The spend is close to the budget: one more level somewhere would not fit.
+    assert budget - _file_bits(a.levels, int(a.levels.max())) < 11 + side_bits_per_frame(32) * 120
+
+
+def test_fit_allocation_when_nothing_fits(rng):
+    err = curves(rng, t=10)
+    a = fit_allocation(err, 100, _file_bits)  # below even the header
+    assert np.all(a.levels == 1)
+    with pytest.raises(ConfigError):
+        fit_allocation(err, 10_000, _file_bits, caps=[33])
+
+
+def test_fit_allocation_spends_on_the_frames_that_gain(rng):
+    # Half the frames gain nothing past level 1 (flat curves): the budget goes to the rest.
+    err = curves(rng, t=40)
+    err[:, ::2] = err[:1, ::2]
+    a = fit_allocation(err, 400 + 11 * 4 * 40 + 5 * 40, _file_bits)
+    assert np.all(a.levels[::2] == 1) and a.levels[1::2].mean() > 6

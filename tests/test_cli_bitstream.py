@@ -138,3 +138,49 @@ def test_bad_input_is_a_clean_error(tmp_path, capsys):
     dev.mkdir()
     code, _, err = run(capsys, "entropy-fit", dev, *RANDOM)
     assert code == 2 and "evaluation set" in err
+
+
+@pytest.mark.parametrize("mode", ["measured", "latent"])
+def test_adaptive_encode_fits_the_real_bitrate(clips, tmp_path, capsys, mode):
+    pytest.importorskip("librosa")
+    out = tmp_path / f"{mode}.mimi"
+    code, text, _ = run(
+        capsys,
+        "encode",
+        clips / "clip2.wav",
+        out,
+        "--kbps",
+        "2",
+        "--adaptive",
+        mode,
+        "--json",
+        *RANDOM,
+    )
+    doc = json.loads(text)
+    assert code == 0 and doc["adaptive"] == mode and mode in doc["ranking"]
+    # --kbps is the real file's rate with --adaptive: 13 frames of 80 ms.
+    assert out.stat().st_size * 8 <= 2000 * 13 / 12.5
+    mf = MimiFile.parse(out.read_bytes())
+    # It spends the budget: one more level on any frame would not fit.
+    assert out.stat().st_size * 8 > 2000 * 13 / 12.5 - 11 - 8 * 8
+    wav = tmp_path / f"{mode}.wav"
+    assert run(capsys, "decode", out, wav, *RANDOM)[0] == 0
+    assert sf.info(str(wav)).frames == 24_000 and mf.num_frames == 13
+
+
+def test_adaptive_needs_a_bitrate_the_file_can_meet(clips, tmp_path, capsys):
+    out = tmp_path / "x.mimi"
+    code, _, err = run(capsys, "encode", clips / "clip1.wav", out, "--adaptive", *RANDOM)
+    assert code == 2 and "--adaptive needs --kbps" in err
+    code, _, err = run(
+        capsys,
+        "encode",
+        clips / "clip1.wav",
+        out,
+        "--kbps",
+        "0.2",
+        "--adaptive",
+        "latent",
+        *RANDOM,
+    )
+    assert code == 2 and "below the smallest file" in err and not out.exists()

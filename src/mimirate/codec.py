@@ -25,8 +25,9 @@ class Encoded:
         codes: ``[..., K, T]`` uint16, every value ``< cardinality``. Row ``k`` is
             level ``k + 1``; the first ``k`` rows are a valid coarser code.
         latent_error: ``[..., K, T]`` float32: squared L2 distance, per frame, between
-            the latent the quantizer was given and its reconstruction from the first
-            ``k + 1`` levels. Rate control uses it as a distortion estimate.
+            the decoder's input from the first ``k + 1`` levels and from the unquantized
+            projections (the quantizer's input projected in and back out). Rate control
+            uses it as a free distortion estimate.
         num_samples: input samples these frames cover; the last frame may have been
             zero-padded, so ``num_samples <= T * frame_size``.
     """

@@ -179,6 +179,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from mimirate.fileio import atomic_write_bytes
 
     codec = _load_codec(args.model, args.random_init, args.seed)
+    if args.adaptive and args.kbps is None:
+        raise ConfigError("--adaptive needs --kbps: the file's real average bitrate")
     if args.kbps is not None:
         per_level = nominal_bps(1, codec.frame_rate, codec.bits_per_code)
         k = int(args.kbps * 1000 // per_level)
@@ -192,23 +194,53 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if not 1 <= k <= codec.num_levels:
         raise ConfigError(f"--levels must be in 1..{codec.num_levels}, got {k}")
     audio = read_audio(args.input, codec.sample_rate)
-    enc = codec.encode(audio.samples, levels=k)
     table = _table(args.table, codec.name, codec.weights_hash) if args.entropy else None
-    mf = MimiFile.of_codec(
-        codec,
-        enc.codes,
-        enc.num_samples,
-        chunk_frames=args.chunk_frames,
-        entropy=table is not None,
-        entropy_table=table,
-    )
+    ranking = None
+    if args.adaptive:
+        from mimirate.evaluation.distortion import adaptive_file
+
+        enc = codec.encode(audio.samples)
+        try:
+            mf, ranking = adaptive_file(
+                codec,
+                audio.samples,
+                enc,
+                args.kbps * 1000,
+                ranking=args.adaptive,
+                chunk_frames=args.chunk_frames,
+                entropy_table=table,
+            )
+        except ImportError as e:  # librosa, for the mel distance
+            raise ConfigError(
+                f"--adaptive measured needs the eval extra ({e}); "
+                "pip install 'mimirate[eval]' or use --adaptive latent"
+            ) from e
+    else:
+        enc = codec.encode(audio.samples, levels=k)
+        mf = MimiFile.of_codec(
+            codec,
+            enc.codes,
+            enc.num_samples,
+            chunk_frames=args.chunk_frames,
+            entropy=table is not None,
+            entropy_table=table,
+        )
     data = mf.to_bytes()
     atomic_write_bytes(args.output, data)
     report = file_report(mf, len(data), table)
     if args.json:
-        print_json({**_file_dict(mf, args.output, len(data)), **report.as_dict()})
+        extra = {"adaptive": args.adaptive, "ranking": ranking}
+        print_json({**_file_dict(mf, args.output, len(data)), **report.as_dict(), **extra})
     else:
-        print(f"{args.output}: {len(data)} bytes, {mf.num_frames} frames at {k} levels")
+        if args.adaptive:
+            lv = mf.frame_levels()
+            print(
+                f"{args.output}: {len(data)} bytes, {mf.num_frames} frames at "
+                f"{lv.mean():.2f} levels on average ({lv.min()}..{lv.max()}, chosen per frame "
+                f"on {ranking})"
+            )
+        else:
+            print(f"{args.output}: {len(data)} bytes, {mf.num_frames} frames at {k} levels")
         _print_report(report)
     return 0
 
@@ -408,6 +440,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--levels", type=int, help="levels to keep (default: all)")
     g.add_argument("--kbps", type=float, help="nominal kbit/s budget (1 level = 0.1375)")
+    p.add_argument(
+        "--adaptive",
+        nargs="?",
+        const="measured",
+        choices=("measured", "latent"),
+        help="with --kbps: levels chosen per frame from content (fewer on silence and on "
+        "frames that gain little), and --kbps is the file's real average bitrate, "
+        "container and side information included. measured (the default): each frame's "
+        "mel distance decoded at 1..16 levels (slower: 16 decodes); latent: the encoder's "
+        "free estimate",
+    )
     p.add_argument("--entropy", action="store_true", help="entropy code the codes")
     _add_table_arg(p)
     p.add_argument(

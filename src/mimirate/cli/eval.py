@@ -68,8 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_kbps_list,
         default=(),
         metavar="KBPS,...",
-        help="also evaluate content-adaptive per-frame levels at these targets (kbit/s, "
-        "side information included), e.g. 0.8,1.5",
+        help="also evaluate content-adaptive per-frame levels at these real file bitrates "
+        "(kbit/s, container and side information included), e.g. 0.8,1.5",
+    )
+    p.add_argument(
+        "--adaptive-ranking",
+        choices=("measured", "latent"),
+        default="measured",
+        help="rank --adaptive levels by decoding each level count (measured, the default) "
+        "or by the encoder's calibrated latent error (latent, free)",
     )
     p.add_argument(
         "--baselines",
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         random_init=args.random_init,
         levels=args.levels,
         adaptive_kbps=args.adaptive,
+        adaptive_ranking=args.adaptive_ranking,
         baselines=baselines,
         entropy_table=_entropy_table_path(args.entropy, model, args.random_init),
         jobs=args.jobs,

@@ -70,9 +70,11 @@ class EvalConfig:
             evaluates no Mimi points.
         random_init, seed: build the preset with random weights (tests, timing).
         levels: level counts to evaluate Mimi at (each a cut of one 32-level encode).
-        adaptive_kbps: targets (kbit/s, side information included) for content-adaptive
-            per-frame levels (:func:`mimirate.ratecontrol.allocation.allocate`, with the
-            model's fitted calibration when there is one, silent frames at 1 level).
+        adaptive_kbps: real file bitrates (kbit/s, container and side information
+            included) for content-adaptive per-frame levels
+            (:func:`mimirate.evaluation.distortion.adaptive_file`, silent frames at 1 level).
+        adaptive_ranking: how those levels are ranked: "measured" (decoding each level
+            count) or "latent" (the encoder's calibrated latent error).
         baselines: classical codec settings to run.
         entropy_table: path of an entropy table (``EntropyTable.save``) to also size the
             entropy-coded ``.mimi`` file; None: plain files only.
@@ -89,6 +91,7 @@ class EvalConfig:
     seed: int = 0
     levels: tuple[int, ...] = DEFAULT_LEVELS
     adaptive_kbps: tuple[float, ...] = ()
+    adaptive_ranking: str = "measured"
     baselines: tuple[Baseline, ...] = field(default_factory=default_baselines)
     entropy_table: str | None = None
     jobs: int = 1
@@ -311,13 +314,6 @@ class _Worker:
                     raise ConfigError(
                         f"levels must be in 1..{self.codec.num_levels} for this model, got {k}"
                     )
-        self.calibration = None
-        if config.adaptive_kbps and self.codec is not None:
-            from mimirate.ratecontrol.allocation import TABLES_DIR, Calibration
-
-            # Without a fitted calibration the allocation ranks raw latent errors.
-            if (TABLES_DIR / f"calibration_{self.codec.name}.json").is_file():
-                self.calibration = Calibration.load(self.codec.name)
         if config.entropy_table is not None:
             from mimirate.bitstream import EntropyTable
 
@@ -408,17 +404,9 @@ class _Worker:
                 wire_bytes=wire,
             )
         for kbps in adaptive:
-            from mimirate.ratecontrol.allocation import allocate, silent_frames
+            from mimirate.evaluation.distortion import adaptive_file
 
-            alloc = allocate(
-                enc.latent_error,
-                kbps * 1000,
-                calibration=self.calibration,
-                silent=silent_frames(x, codec.frame_size),
-                frame_rate=codec.frame_rate,
-                bits=codec.bits_per_code,
-            )
-            mf = MimiFile.of_codec(codec, enc.codes, enc.num_samples, levels=alloc.levels)
+            mf, _ = adaptive_file(codec, x, enc, kbps * 1000, ranking=self.config.adaptive_ranking)
             data = mf.to_bytes()
             parsed = MimiFile.parse(data)
             entropy_bytes = None

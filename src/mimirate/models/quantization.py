@@ -231,10 +231,13 @@ class _Levels(nn.Module):
 
 @dataclass(frozen=True)
 class RVQEncoding:
-    """Codes ``[B, n, T]`` and each level's decoded contribution ``[n, B, C, T]`` (projected)."""
+    """Codes ``[B, n, T]``, each level's decoded contribution ``[n, B, C, T]`` (projected)
+    and ``continuous [B, C, T]``: the input projected in and back out unquantized, what
+    the contributions approach as levels are added."""
 
     codes: torch.Tensor
     contributions: torch.Tensor
+    continuous: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,13 @@ class ResidualVectorQuantizer(nn.Module):
         stacked = torch.stack(parts)  # [n, B * T, dim]
         w = self.output_proj.weight[:, :, 0]  # [C, dim]
         contributions = torch.matmul(stacked, w.t()).view(n, B, T, -1).permute(0, 1, 3, 2)
-        return RVQEncoding(torch.stack(codes, dim=1).view(B, T, n).transpose(1, 2), contributions)
+        continuous = torch.matmul(x.transpose(1, 2), w.t()).transpose(1, 2)
+        codes_t = torch.stack(codes, dim=1).view(B, T, n).transpose(1, 2)
+        return RVQEncoding(codes_t, contributions, continuous)
+
+    def project(self, latent: torch.Tensor) -> torch.Tensor:
+        """``latent [B, C, T]`` through both projections, unquantized (``continuous``)."""
+        return F.conv1d(F.conv1d(latent, self.input_proj.weight), self.output_proj.weight)
 
     def decode(self, codes: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
         """``codes [B, k, T]`` (``k >= 1``) to ``[B, C, T]``.
@@ -414,8 +423,10 @@ class ResidualVectorQuantizer(nn.Module):
 
 @dataclass(frozen=True)
 class QuantizerEncoding:
-    """``codes [B, K, T]`` long; ``latent_error [B, K, T]``: squared L2 distance between the
-    latent and its reconstruction from the first ``k + 1`` levels."""
+    """``codes [B, K, T]`` long; ``latent_error [B, K, T]``: squared L2 distance between
+    the decoder's input from the first ``k + 1`` levels and from unquantized projections
+    (the quantization error where the decoder sees it; see
+    :meth:`SplitResidualVectorQuantizer.encode`)."""
 
     codes: torch.Tensor
     latent_error: torch.Tensor
@@ -467,7 +478,15 @@ class SplitResidualVectorQuantizer(nn.Module):
             rest = self.rvq_rest.encode(latent, n_q - self.n_q_semantic)
             codes = torch.cat([codes, rest.codes], dim=1)
             recon = torch.cat([recon, recon[-1:] + rest.contributions.cumsum(0)])
-        error = (latent.unsqueeze(0) - recon).pow(2).sum(2)  # [K, B, T]
+            continuous = first.continuous + rest.continuous
+        else:
+            continuous = first.continuous + self.rvq_rest.project(latent)
+        # The error against the unquantized projections, not the latent itself: the
+        # projections keep only part of the latent (256 of 512 dimensions in Mimi), and a
+        # trained output projection is not the input's inverse, so the distance to the
+        # latent hardly moves with levels (measured on the trained `small` model: log10 of
+        # it 2.62 at 1 level, 2.66 at 32). The decoder is trained on both of these inputs.
+        error = (continuous.unsqueeze(0) - recon).pow(2).sum(2)  # [K, B, T]
         return QuantizerEncoding(codes, error.transpose(0, 1))
 
     def decode(self, codes: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:

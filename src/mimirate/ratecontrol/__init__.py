@@ -15,7 +15,13 @@ Above the codec and the bitstream, below transport and the CLI (it imports neith
 
 from __future__ import annotations
 
-from mimirate.ratecontrol.allocation import Allocation, Calibration, StreamingAllocator, allocate
+from mimirate.ratecontrol.allocation import (
+    Allocation,
+    Calibration,
+    StreamingAllocator,
+    allocate,
+    fit_allocation,
+)
 from mimirate.ratecontrol.controller import (
     AdaptiveController,
     Decision,
@@ -46,6 +52,7 @@ __all__ = [
     "WireSizer",
     "allocate",
     "build_packet",
+    "fit_allocation",
     "frame_qoe",
     "load_quality_table",
 ]

@@ -11,6 +11,10 @@ solution is exact: take the largest marginal gains anywhere until the budget is 
 
 The budget counts side information: the per-frame level counts a ``.mimi`` file stores
 (``level_width(K)`` bits a frame, packed) come out of the target before codes do.
+:func:`fit_allocation` fits a real file instead (headers, padding, and a side information
+width that follows the file's level cap, tried at 2, 4, 8, ... levels), and takes any
+``[K, T]`` distortion: the calibrated latent error, or per-frame mel distances measured by
+decoding (:func:`mimirate.evaluation.distortion.measured_distortion`, for files).
 
 Silence mode: frames the caller marks silent (:func:`silent_frames`: energy below a
 threshold) get :data:`SILENCE_LEVELS` and are left out of the auction.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +216,75 @@ def allocate(
         levels[speech] += counts
     code_bits = int(levels.sum()) * bits
     return Allocation(levels, code_bits, side * t, (code_bits + side * t) * frame_rate / t)
+
+
+def fit_allocation(
+    latent_error: np.ndarray,
+    budget_bits: int,
+    file_bits: Callable[[np.ndarray, int], int],
+    *,
+    calibration: Calibration | None = None,
+    silent: np.ndarray | None = None,
+    caps: Sequence[int] | None = None,
+    frame_rate: float = 12.5,
+    bits: int = 11,
+) -> Allocation:
+    """The allocation of least (calibrated) distortion whose real file fits ``budget_bits``.
+
+    :func:`allocate` budgets with the nominal side information; the real size also has
+    headers, chunking and byte padding, and the side information's width follows the
+    file's level count. So this searches, for each level cap (a file holding levels
+    ``1..cap``, side information ``side_bits_per_frame(cap)`` wide), the largest
+    :func:`allocate` target whose ``file_bits(levels, cap)`` fits, and keeps the cap whose
+    fitting allocation has the least summed distortion.
+
+    Args:
+        latent_error: ``[K, T]`` from ``Encoded.latent_error``.
+        budget_bits: the most bits the file may take.
+        file_bits: ``(levels [T], cap) -> bits`` of the real file (the caller's format).
+        caps: level caps to try (default: 2, 4, 8, ... and ``K``).
+
+    Returns:
+        The best fitting :class:`Allocation` (``bps`` from the nominal accounting, as
+        :func:`allocate`); when nothing fits, one level everywhere.
+    """
+    err = np.asarray(latent_error, dtype=np.float64)
+    k, t = err.shape
+    if caps is None:
+        caps = sorted({c for c in (2, 4, 8, 16, 32, 64) if c < k} | {k})
+    dist = calibration(err) if calibration is not None else err
+    cols = np.arange(t)
+    best: tuple[float, Allocation] | None = None
+    for cap in caps:
+        if not 1 <= cap <= k:
+            raise ConfigError(f"level caps must be in 1..{k}, got {cap}")
+        side = side_bits_per_frame(cap)
+        lo, hi = 0.0, 2.0 * budget_bits * frame_rate / t + 1.0
+        fit: Allocation | None = None
+        for _ in range(20):  # bisection: allocate() grows monotonically with its target
+            mid = (lo + hi) / 2
+            a = allocate(
+                err[:cap],
+                mid,
+                calibration=calibration,
+                silent=silent,
+                frame_rate=frame_rate,
+                bits=bits,
+                side_bits=side,
+            )
+            if file_bits(a.levels, cap) <= budget_bits:
+                fit, lo = a, mid
+            else:
+                hi = mid
+        if fit is not None:
+            total = float(dist[fit.levels - 1, cols].sum())
+            if best is None or total < best[0]:
+                best = (total, fit)
+    if best is None:
+        side = side_bits_per_frame(k)
+        ones = np.ones(t, np.int64)
+        return Allocation(ones, t * bits, t * side, (bits + side) * frame_rate)
+    return best[1]
 
 
 def silent_frames(
