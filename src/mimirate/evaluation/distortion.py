@@ -6,7 +6,7 @@ by how much the decoder's input moves; this decodes the file at every level coun
 a cap and measures each frame's log-mel distance to the input, the same mel distance the
 evaluation reports (:func:`mimirate.evaluation.metrics.log_mel`). It costs one decode per
 level count, which a file encoder can afford and a live sender cannot. On 20 dev files with
-the `small` model, allocating on it reaches fixed 8 levels' mel distance with 62.5 % of
+the `small` model, allocating on it reaches fixed 8 levels' mel distance with 59 % of
 the bytes, where the free estimate does not reach it (`benchmarks/bench_ratecontrol.py
 --allocation`).
 """
@@ -110,7 +110,8 @@ def adaptive_file(
     chunk_frames: int | None = None,
     entropy_table: EntropyTable | None = None,
 ) -> tuple[MimiFile, str]:
-    """The ``.mimi`` file of ``enc`` at per-frame levels whose real size is at most ``bps``.
+    """The ``.mimi`` file of ``enc`` at per-frame levels of at most ``bps`` bit/s on disk
+    (its bytes over the input's duration).
 
     Levels are allocated to minimise the summed distortion (silent frames at one level;
     :func:`mimirate.ratecontrol.allocation.fit_allocation`), ranked by ``ranking``:
@@ -154,7 +155,9 @@ def adaptive_file(
             source = f"latent error, calibration {codec.name}"
         except ConfigError:
             source = "raw latent error (the model has no calibration)"
-    budget = int(bps * enc.num_frames / codec.frame_rate)
+    # Over the audio's own duration, not the frames' (the last one is padded): the file
+    # then meets the rate by either reckoning.
+    budget = int(bps * enc.num_samples / codec.sample_rate)
     alloc = fit_allocation(
         distortion,
         budget,
