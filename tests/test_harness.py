@@ -169,6 +169,19 @@ def test_adaptive_points_use_per_frame_levels_within_target(clip_set, ranking):
     assert len(p.wire_kbps) == 3
 
 
+def test_unknown_adaptive_ranking_is_a_config_error(clip_set):
+    config = EvalConfig(
+        model="tiny",
+        random_init=True,
+        levels=(2,),
+        adaptive_kbps=(1.0,),
+        adaptive_ranking="oracle",
+        baselines=(),
+    )
+    with pytest.raises(ConfigError, match="adaptive_ranking"):
+        evaluate(find_audio([clip_set]), config, progress=False)
+
+
 @needs_tools
 def test_cli_writes_json_and_report(clip_set, tmp_path, capsys):
     from mimirate.cli import main

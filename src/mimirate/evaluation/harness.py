@@ -294,6 +294,12 @@ class _Worker:
     """Per-process state: the codec (loaded once) and the entropy table."""
 
     def __init__(self, config: EvalConfig) -> None:
+        from mimirate.evaluation.distortion import RANKINGS
+
+        if config.adaptive_ranking not in RANKINGS:
+            raise ConfigError(
+                f"adaptive_ranking must be one of {RANKINGS}, got {config.adaptive_ranking!r}"
+            )
         self.config = config
         self.codec = None
         self.table = None
