@@ -267,26 +267,3 @@ def test_growth_past_the_last_congestion_is_additive(options):
 def test_silent_frames_are_not_sent(options):
     d = AdaptiveController(options).update(None, 0.0)
     assert d.silence_levels == 0 == C.SILENCE_LEVELS
-
-
-@pytest.mark.parametrize(("lost", "congested"), [((5, 6), False), ((4, 5, 6), True)])
-def test_one_packet_short_in_a_second_is_noise_not_congestion(options, lost, congested):
-    # Four frames a packet: three packets a second, so one packet more or less in the
-    # one-second windows is a third of the rate. Packets 3.. arrive 150 ms late (over
-    # QDELAY_SEVERE_MS); some are lost.
-    c = AdaptiveController(options, start_rate_bps=6000.0)
-    for s in range(8):
-        c.on_sent(s, s * 320.0, 400)
-    c.update(Feedback(arrivals(range(3), send_step=320.0, size=400), 2, 0), 1000.0)
-    late = [s for s in range(3, 8) if s not in lost]
-    c.update(Feedback(arrivals(late, send_step=320.0, owd=200.0, size=400), 7, len(lost)), 2440.0)
-    assert c.qdelay_ms == pytest.approx(150.0) and C.QDELAY_SEVERE_MS < 150.0
-    # Sent in (1440, 2440]: packets 5, 6, 7. Received in the second before the last
-    # arrival (2440): packets 4 and 7, or 7 alone.
-    assert c.send_rate_bps(2440.0) == pytest.approx(9600.0)
-    assert c.receive_rate_bps == pytest.approx(9600.0 - 3200.0 * (len(lost) - 1))
-    if congested:
-        assert c.state is ControllerState.DECREASE
-        assert c.rate_bps == pytest.approx(max(C.BACKOFF * 3200.0, options.cheapest.wire_bps))
-    else:
-        assert c.state is ControllerState.STARTUP and c.rate_bps > 6000.0
