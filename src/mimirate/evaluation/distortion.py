@@ -6,7 +6,7 @@ by how much the decoder's input moves; this decodes the file at every level coun
 a cap and measures each frame's log-mel distance to the input, the same mel distance the
 evaluation reports (:func:`mimirate.evaluation.metrics.log_mel`). It costs one decode per
 level count, which a file encoder can afford and a live sender cannot. On 20 dev files with
-the `small` model, allocating on it reaches fixed 8 levels' mel distance with 59 % of
+the `small` model, allocating on it reaches fixed 8 levels' mel distance with 67 % of
 the bytes, where the free estimate does not reach it (`benchmarks/bench_ratecontrol.py
 --allocation`).
 """
