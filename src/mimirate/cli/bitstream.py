@@ -209,6 +209,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 ranking=args.adaptive,
                 chunk_frames=args.chunk_frames,
                 entropy_table=table,
+                progress=not args.json,
             )
         except ImportError as e:  # librosa, for the mel distance
             raise ConfigError(

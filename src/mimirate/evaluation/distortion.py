@@ -74,7 +74,7 @@ class FrameMel:
 
 
 def measured_distortion(
-    codec: Codec, samples: np.ndarray, enc: Encoded, max_levels: int = 16
+    codec: Codec, samples: np.ndarray, enc: Encoded, max_levels: int = 16, progress: bool = False
 ) -> np.ndarray:
     """``[K, T]`` per-frame log-mel distance after ``1..K`` levels, measured by decoding.
 
@@ -82,15 +82,21 @@ def measured_distortion(
     bought), rows are made non-increasing (a level never counts as harm: decoder context
     makes single frames noisy), and frames without mel frames take the file's mean. Feed it
     to :func:`mimirate.ratecontrol.allocation.allocate` or ``fit_allocation`` with no
-    calibration.
+    calibration. ``progress`` shows a bar over the decodes (minutes for a long file).
     """
+    from tqdm import tqdm
+
     k_all, t = enc.codes.shape[-2], enc.num_frames
     if enc.codes.ndim != 2:
         raise ConfigError("measured distortion takes one signal's codes [K, T]")
     if not 1 <= max_levels <= k_all:
         raise ConfigError(f"max_levels must be in 1..{k_all}, got {max_levels}")
     fm = FrameMel(codec, samples, enc)
-    rows = np.stack([fm.distances(fm.degraded(np.full(t, k)))[1] for k in range(1, max_levels + 1)])
+    levels = tqdm(
+        range(1, max_levels + 1), desc="decoding each level count", unit="level",
+        disable=not progress, leave=False,
+    )  # fmt: skip
+    rows = np.stack([fm.distances(fm.degraded(np.full(t, k)))[1] for k in levels])
     rows = np.where(np.isfinite(rows), rows, np.nanmean(rows) if np.isfinite(rows).any() else 0.0)
     rows = np.concatenate([rows, np.repeat(rows[-1:], k_all - max_levels, axis=0)])
     return np.minimum.accumulate(rows, axis=0)
@@ -109,6 +115,7 @@ def adaptive_file(
     ranking: str = "measured",
     chunk_frames: int | None = None,
     entropy_table: EntropyTable | None = None,
+    progress: bool = False,
 ) -> tuple[MimiFile, str]:
     """The ``.mimi`` file of ``enc`` at per-frame levels of at most ``bps`` bit/s on disk
     (its bytes over the input's duration).
@@ -117,6 +124,8 @@ def adaptive_file(
     :func:`mimirate.ratecontrol.allocation.fit_allocation`), ranked by ``ranking``:
     "measured", each frame's mel distance decoded at 1..16 levels (:func:`measured_distortion`);
     or "latent", ``enc.latent_error`` through the model's calibration (raw without one).
+
+    ``progress`` shows a bar over the measured ranking's decodes.
 
     Returns:
         The file (its level count is the highest level used) and a description of the
@@ -146,7 +155,9 @@ def adaptive_file(
 
     calibration: Calibration | None = None
     if ranking == "measured":
-        distortion = measured_distortion(codec, samples, enc, min(16, enc.num_levels))
+        distortion = measured_distortion(
+            codec, samples, enc, min(16, enc.num_levels), progress=progress
+        )
         source = f"measured mel distance, 1..{min(16, enc.num_levels)} levels"
     else:
         distortion = enc.latent_error
