@@ -219,7 +219,7 @@ def allocate(
 
 
 def fit_allocation(
-    latent_error: np.ndarray,
+    distortion: np.ndarray,
     budget_bits: int,
     file_bits: Callable[[np.ndarray, int], int],
     *,
@@ -239,7 +239,8 @@ def fit_allocation(
     fitting allocation has the least summed distortion.
 
     Args:
-        latent_error: ``[K, T]`` from ``Encoded.latent_error``.
+        distortion: ``[K, T]``: ``Encoded.latent_error`` (mapped by ``calibration``), or
+            any per-frame distortion after ``1..K`` levels.
         budget_bits: the most bits the file may take.
         file_bits: ``(levels [T], cap) -> bits`` of the real file (the caller's format).
         caps: level caps to try (default: 2, 4, 8, ... and ``K``).
@@ -248,10 +249,13 @@ def fit_allocation(
         The best fitting :class:`Allocation` (``bps`` from the nominal accounting, as
         :func:`allocate`); when nothing fits, one level everywhere.
     """
-    err = np.asarray(latent_error, dtype=np.float64)
+    err = np.asarray(distortion, dtype=np.float64)
+    if err.ndim != 2:
+        raise ConfigError(f"distortion must be [K, T], got {err.shape}")
     k, t = err.shape
     if caps is None:
         caps = sorted({c for c in (2, 4, 8, 16, 32, 64) if c < k} | {k})
+    # Calibrated once here, not in each of the searches' hundred allocate() calls.
     dist = calibration(err) if calibration is not None else err
     cols = np.arange(t)
     best: tuple[float, Allocation] | None = None
@@ -264,9 +268,8 @@ def fit_allocation(
         for _ in range(20):  # bisection: allocate() grows monotonically with its target
             mid = (lo + hi) / 2
             a = allocate(
-                err[:cap],
+                dist[:cap],
                 mid,
-                calibration=calibration,
                 silent=silent,
                 frame_rate=frame_rate,
                 bits=bits,
