@@ -179,7 +179,6 @@ RANKINGS = ("latent", "measured")
 
 
 def allocation(args: argparse.Namespace) -> dict:
-    from mimirate.evaluation.distortion import measured_distortion
     from mimirate.ratecontrol.allocation import Calibration, silent_frames
 
     codec = load(args)
@@ -199,7 +198,7 @@ def allocation(args: argparse.Namespace) -> dict:
         quiet = silent_frames(s.audio, codec.frame_size)
         ranking = {
             "latent": (s.enc.latent_error, cal),
-            "measured": (measured_distortion(codec, s.audio, s.enc, 16), None),
+            "measured": (s.frames.per_level(16), None),
         }
         for target in TARGETS_BPS:
             k = FIXED_FOR_TARGET[target]

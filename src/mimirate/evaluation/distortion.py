@@ -41,6 +41,8 @@ class FrameMel:
     def __init__(
         self, codec: Codec, samples: np.ndarray, enc: Encoded, delay: int | None = None
     ) -> None:
+        if enc.codes.ndim != 2:
+            raise ConfigError("measured distortion takes one signal's codes [K, T]")
         self.codec, self.enc = codec, enc
         self.reference = resample(np.asarray(samples, np.float32), codec.sample_rate, METRIC_RATE)
         self.reference_mel = log_mel(self.reference)
@@ -72,34 +74,36 @@ class FrameMel:
                 out[i] = seg.mean()
         return float(d.mean()), out
 
+    def per_level(self, max_levels: int = 16, progress: bool = False) -> np.ndarray:
+        """``[K, T]`` per-frame log-mel distance after ``1..K`` levels, measured by decoding.
+
+        Rows past ``max_levels`` repeat its row (those levels are not measured and so never
+        bought), rows are made non-increasing (a level never counts as harm: decoder context
+        makes single frames noisy), and frames without mel frames take the file's mean. Feed
+        it to :func:`mimirate.ratecontrol.allocation.allocate` or ``fit_allocation`` with no
+        calibration. ``progress`` shows a bar over the decodes (minutes for a long file).
+        """
+        from tqdm import tqdm
+
+        k_all, t = self.enc.codes.shape[-2], self.enc.num_frames
+        if not 1 <= max_levels <= k_all:
+            raise ConfigError(f"max_levels must be in 1..{k_all}, got {max_levels}")
+        levels = tqdm(
+            range(1, max_levels + 1), desc="decoding each level count", unit="level",
+            disable=not progress, leave=False,
+        )  # fmt: skip
+        rows = np.stack([self.distances(self.degraded(np.full(t, k)))[1] for k in levels])
+        fill = np.nanmean(rows) if np.isfinite(rows).any() else 0.0
+        rows = np.where(np.isfinite(rows), rows, fill)
+        rows = np.concatenate([rows, np.repeat(rows[-1:], k_all - max_levels, axis=0)])
+        return np.minimum.accumulate(rows, axis=0)
+
 
 def measured_distortion(
     codec: Codec, samples: np.ndarray, enc: Encoded, max_levels: int = 16, progress: bool = False
 ) -> np.ndarray:
-    """``[K, T]`` per-frame log-mel distance after ``1..K`` levels, measured by decoding.
-
-    Rows past ``max_levels`` repeat its row (those levels are not measured and so never
-    bought), rows are made non-increasing (a level never counts as harm: decoder context
-    makes single frames noisy), and frames without mel frames take the file's mean. Feed it
-    to :func:`mimirate.ratecontrol.allocation.allocate` or ``fit_allocation`` with no
-    calibration. ``progress`` shows a bar over the decodes (minutes for a long file).
-    """
-    from tqdm import tqdm
-
-    k_all, t = enc.codes.shape[-2], enc.num_frames
-    if enc.codes.ndim != 2:
-        raise ConfigError("measured distortion takes one signal's codes [K, T]")
-    if not 1 <= max_levels <= k_all:
-        raise ConfigError(f"max_levels must be in 1..{k_all}, got {max_levels}")
-    fm = FrameMel(codec, samples, enc)
-    levels = tqdm(
-        range(1, max_levels + 1), desc="decoding each level count", unit="level",
-        disable=not progress, leave=False,
-    )  # fmt: skip
-    rows = np.stack([fm.distances(fm.degraded(np.full(t, k)))[1] for k in levels])
-    rows = np.where(np.isfinite(rows), rows, np.nanmean(rows) if np.isfinite(rows).any() else 0.0)
-    rows = np.concatenate([rows, np.repeat(rows[-1:], k_all - max_levels, axis=0)])
-    return np.minimum.accumulate(rows, axis=0)
+    """:meth:`FrameMel.per_level` of ``samples`` coded as ``enc``."""
+    return FrameMel(codec, samples, enc).per_level(max_levels, progress)
 
 
 #: How :func:`adaptive_file` ranks levels: decoding (files) or the free latent error.
