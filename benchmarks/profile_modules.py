@@ -121,6 +121,7 @@ def main() -> None:
     config = get_preset(args.preset)
     model = MimiModel(config).eval()
     _random_codebooks(model, 0)
+    model.fold_for_inference()  # as the codec does
     g = torch.Generator().manual_seed(1)
     audio = 0.1 * torch.randn(1, 1, args.frames * config.frame_size, generator=g)
     warm = 5 * config.frame_size

@@ -89,6 +89,29 @@ def test_convtr_chunked_equals_offline_and_causal(kernel, stride, bias, rng) -> 
         assert torch.allclose(convtr(x[..., :7]), full[..., : 7 * stride], atol=1e-6)
 
 
+@pytest.mark.parametrize(("kernel", "stride"), [(4, 2), (16, 8), (10, 5), (3, 1)])
+def test_convtr_folded_weight_major_keeps_values_and_outputs(kernel, stride, rng) -> None:
+    torch.manual_seed(0)
+    convtr = StreamingConvTranspose1d(6, 5, kernel, stride)
+    x = torch.randn(2, 6, 12)
+    with torch.no_grad():
+        before = convtr.layer.weight.clone()
+        full = convtr(x)
+        streamed = _stream(convtr, x, 1, rng)
+        convtr.fold_for_inference()
+        convtr.fold_for_inference()  # idempotent
+        w = convtr.layer.weight
+        assert w.shape == before.shape and torch.equal(w, before)
+        half = kernel == 2 * stride  # only the layers the GEMM path computes change layout
+        assert convtr._weight_major() is half
+        if half:
+            assert w.reshape(6, 5 * kernel).t().is_contiguous()  # a view, no copy kept
+        # Few steps (the weight-major product) and many (time-major), chunked and whole.
+        assert torch.allclose(convtr(x), full, atol=1e-6)
+        assert torch.allclose(_stream(convtr, x, 1, rng), streamed, atol=1e-5)
+        assert torch.allclose(convtr(x[..., :3]), full[..., : 3 * stride], atol=1e-6)
+
+
 def test_resamplers_shapes_groups_and_streaming(rng) -> None:
     torch.manual_seed(0)
     down, up = ConvDownsample1d(2, 6), ConvTrUpsample1d(2, 6)

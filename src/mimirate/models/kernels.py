@@ -28,14 +28,16 @@ SMALL_COLUMNS = 8
 LARGE_WEIGHT = 1 << 21
 
 
-def _small(x: torch.Tensor, columns: int) -> bool:
+def small_columns(x: torch.Tensor, columns: int) -> bool:
+    """Whether a product of a large weight with ``columns`` columns of ``x`` takes the
+    weight-major path."""
     return x.device.type == "cpu" and columns <= SMALL_COLUMNS
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``: ``x [..., in]``, ``weight [out, in]`` -> ``[..., out]``."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if not _small(x, rows) or rows == 0:
+    if not small_columns(x, rows) or rows == 0:
         return F.linear(x, weight, bias)
     # Rows contiguous, so that BLAS sees a transposed operand: given the same columns
     # as a contiguous [in, rows] matrix, MKL takes a path 2x slower again.
@@ -74,7 +76,7 @@ def conv1d(
     # oneDNN reorders the weights into its blocked layout on every call, which for the
     # encoder's last conv (33 MB) costs more than the product (2.8x slower at 50 steps).
     large = weight.numel() >= LARGE_WEIGHT and B * steps <= c_out and x.device.type == "cpu"
-    if not (large or _small(x, B * steps)):
+    if not (large or small_columns(x, B * steps)):
         return F.conv1d(x, weight, bias, stride, dilation=dilation, groups=groups)
     # im2col: [B, C_in, steps, span] windows, then the dilation's taps.
     cols = x.unfold(-1, span, stride)[..., ::dilation]

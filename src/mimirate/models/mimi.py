@@ -19,7 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimirate.config import MimiConfig
-from mimirate.models.conv import ConvDownsample1d, ConvState, ConvTransposeState, ConvTrUpsample1d
+from mimirate.models.conv import (
+    ConvDownsample1d,
+    ConvState,
+    ConvTransposeState,
+    ConvTrUpsample1d,
+    StreamingConvTranspose1d,
+)
 from mimirate.models.quantization import SplitResidualVectorQuantizer
 from mimirate.models.seanet import SEANetDecoder, SEANetEncoder
 from mimirate.models.transformer import LatentTransformer, TransformerState
@@ -108,6 +114,20 @@ class MimiModel(nn.Module):
     @property
     def frame_size(self) -> int:
         return self.config.frame_size
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> None:
+        """Lay the weights out for inference where they are (call after ``.to(device)``):
+        the codebooks folded into their search tables
+        (:meth:`SplitResidualVectorQuantizer.fold_for_inference`) and, on the CPU, the
+        decoder's transposed convolutions weight-major
+        (:meth:`StreamingConvTranspose1d.fold_for_inference`). Codes are unchanged and the
+        audio equal to float rounding; the quantizer cannot train after this."""
+        self.quantizer.fold_for_inference()
+        if next(self.parameters()).device.type == "cpu":
+            for module in self.modules():
+                if isinstance(module, StreamingConvTranspose1d):
+                    module.fold_for_inference()
 
     @property
     def num_levels(self) -> int:

@@ -46,10 +46,10 @@ def _as_audio(audio: object) -> np.ndarray:
 class MimiCodec:
     """A :class:`MimiModel` behind the :class:`~mimirate.codec.Codec` protocol.
 
-    The codec is for inference: it folds the model's codebooks into their search tables
-    (:meth:`SplitResidualVectorQuantizer.fold_for_inference`: the same codes and audio,
-    half the quantizer's memory, and no first-frame table build), after which the model's
-    quantizer cannot train.
+    The codec is for inference: it lays the model out for it (:meth:`MimiModel.
+    fold_for_inference`: codebooks folded into their search tables, the same codes, half
+    the quantizer's memory and no first-frame table build; on the CPU, transposed convs
+    weight-major), after which the model's quantizer cannot train.
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class MimiCodec:
         if len(weights_hash) != 8:
             raise ValueError("weights_hash must be 8 bytes")
         self.model = model.to(device).eval()
-        self.model.quantizer.fold_for_inference()
+        self.model.fold_for_inference()
         self.config = config
         self.device = torch.device(device)
         self.name = config.name
