@@ -272,7 +272,9 @@ def allocation(args: argparse.Namespace) -> dict:
 # -- network -----------------------------------------------------------------------------------
 def network(args: argparse.Namespace) -> dict:
     """Every controller over the chosen traces, 0% and 10% random loss; the offline optimum
-    as a bound (its DP value, an upper bound) and as a replayed schedule."""
+    as a bound (its DP value, an upper bound) and as a replayed schedule. With loss, also
+    the optimum that does not know which packets are lost (``losses="expected"``): the
+    bound in expectation for controllers that cannot know it either."""
     from mimirate.cli.simulate import make_controllers, summarize
     from mimirate.ratecontrol.baselines import PlanController, offline_optimum
     from mimirate.ratecontrol.options import OptionTable
@@ -295,7 +297,7 @@ def network(args: argparse.Namespace) -> dict:
         for loss in (0.0, 0.1):
             link = LinkConfig(loss=BernoulliLoss(loss), seed=1)
             results = []
-            bound_sum, frames = 0.0, 0
+            bound_sum, expected_sum, frames = 0.0, 0.0, 0
             for path in tqdm(chosen, desc=f"{family} loss {loss}", unit="trace"):
                 tr = load_trace(path)
                 dur = min(args.seconds, tr.period_s)
@@ -309,6 +311,18 @@ def network(args: argparse.Namespace) -> dict:
                         bound_sum += plan.value
                         frames += plan.num_frames
                         per["bound"] = plan.bound
+                        blind = plan
+                        if loss > 0:
+                            blind = offline_optimum(
+                                tr,
+                                table,
+                                link=link,
+                                duration_s=dur,
+                                sizer=sizer,
+                                losses="expected",
+                            )
+                        expected_sum += blind.value
+                        per["expected_bound"] = blind.bound
                     else:
                         r = simulate(tr, factory(), table, link=link, duration_s=dur, sizer=sizer)
                     results.append((name, r))
@@ -321,27 +335,30 @@ def network(args: argparse.Namespace) -> dict:
                 out["traces"].append(per)
             s = summarize(results)
             bound = bound_sum / max(frames, 1)
+            expected = expected_sum / max(frames, 1)
             s["offline"]["bound_qoe"] = bound
+            s["offline"]["expected_bound_qoe"] = expected
             out["families"][f"{family} loss={loss}"] = s
             print(
                 f"\n(2) {family}, {len(chosen)} traces x {args.seconds:.0f} s, "
                 f"{100 * loss:.0f}% random loss, quality table {table.model}; "
-                f"offline bound (DP value) {bound:.2f}"
+                f"offline bound (DP value) {bound:.2f}, losses unknown {expected:.2f}"
             )
             print(
-                f"{'controller':<14}{'mean QoE':>9}{'% of bound':>11}{'late+lost %':>12}"
-                f"{'p95 queue ms':>13}{'kbit/s':>8}{'levels':>7}"
+                f"{'controller':<14}{'mean QoE':>9}{'% of bound':>11}{'% exp.':>7}"
+                f"{'late+lost %':>12}{'p95 queue ms':>13}{'kbit/s':>8}{'levels':>7}"
             )
             for name, v in s.items():
                 label = "offline replay" if name == "offline" else name
                 print(
                     f"{label:<14}{v['mean_qoe']:>9.2f}{100 * v['mean_qoe'] / bound:>11.1f}"
+                    f"{100 * v['mean_qoe'] / expected:>7.1f}"
                     f"{v['late_lost_pct']:>12.2f}{v['p95_queue_ms']:>13.0f}"
                     f"{v['wire_kbps']:>8.2f}{v['mean_levels']:>7.1f}"
                 )
     print("\n(2) per trace: adaptive vs the bound and the best fixed baseline")
     print(
-        f"{'trace':<44}{'loss':>5}{'adaptive':>9}{'bound':>7}{'% bnd':>6}{'best fix':>9}"
+        f"{'trace':<44}{'loss':>5}{'adaptive':>9}{'bound':>7}{'% bnd':>6}{'exp.':>6}{'best fix':>9}"
         f"{'l+l %':>7}{'p95 q':>7}{'viol':>5}"
     )
     for per in out["traces"]:
@@ -349,7 +366,8 @@ def network(args: argparse.Namespace) -> dict:
         fixed = max(v["mean_qoe"] for k, v in per.items() if k.startswith("fixed"))
         print(
             f"{per['trace'][:43]:<44}{per['loss']:>5.1f}{a['mean_qoe']:>9.2f}{per['bound']:>7.2f}"
-            f"{100 * a['mean_qoe'] / per['bound']:>6.1f}{fixed:>9.2f}{a['late_lost_pct']:>7.2f}"
+            f"{100 * a['mean_qoe'] / per['bound']:>6.1f}{per['expected_bound']:>6.2f}"
+            f"{fixed:>9.2f}{a['late_lost_pct']:>7.2f}"
             f"{a['p95_queue_ms']:>7.0f}{len(per['bound_violations']):>5}"
         )
     return out

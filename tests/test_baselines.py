@@ -130,3 +130,54 @@ def test_queue_rule_maps_delay_to_levels():
     assert q.update(fb, 180.0).levels == 3
     deep = Feedback((PacketArrival(1, 80.0, 80.0 + 50.0 + 200.0, 80),), 1, 0)
     assert q.update(deep, 400.0).levels == 1  # past the cushion: the least
+
+
+def test_expected_loss_optimum_is_exact_on_a_constant_link(table):
+    from mimirate.ratecontrol.qoe import delay_impairment
+    from mimirate.ratecontrol.traces import constant_trace
+
+    sizer = WireSizer()
+    p = 0.1
+    link = LinkConfig(propagation_ms=40.0, loss=BernoulliLoss(p))
+    kw = dict(sizer=sizer, duration_s=0.8, frames_per_packet=(1,), levels=(8,))
+    fat = constant_trace(64_000.0)
+    # Without redundancy each frame scores (1 - p) of its QoE, whatever the seed's draws.
+    plain = offline_optimum(fat, table, link=link, redundancy=(), losses="expected", **kw)
+    lat = sizer.packet_bytes((8,)) * 8 / 64.0 + 40.0
+    q8 = table.utility[7] - delay_impairment(lat + 80.0)
+    assert plain.value == pytest.approx(10 * (1 - p) * q8, rel=1e-9)
+    # Repeating each frame at 8 levels in the next packet (bytes always paid) adds
+    # p (1 - p) of its QoE one packet later, for the 9 frames that have a next packet.
+    red = offline_optimum(fat, table, link=link, redundancy=(8,), losses="expected", **kw)
+    lat_red = sizer.packet_bytes((8,), (8,)) * 8 / 64.0 + 40.0
+    q_red = table.utility[7] - delay_impairment(lat_red + 80.0 + 80.0)
+    q_first = q8  # the first packet has nothing to repeat: the smaller packet
+    q_rest = table.utility[7] - delay_impairment(lat_red + 80.0)
+    want = (1 - p) * (q_first + 9 * q_rest) + 9 * p * (1 - p) * q_red
+    assert red.value == pytest.approx(want, rel=1e-9)
+    assert red.redundancy.tolist() == [0] + [8] * 9
+
+
+def test_expected_loss_optimum_matches_the_oracle_without_loss_and_stays_under_it():
+    table = _table8()
+    sizer = WireSizer()
+    tr = TRACES["step"]
+    for p in (0.0, 0.1):
+        link = LinkConfig(loss=BernoulliLoss(p), seed=1, queue_bytes=1500)
+        known = offline_optimum(tr, table, link=link, sizer=sizer, duration_s=5.0)
+        blind = offline_optimum(
+            tr, table, link=link, sizer=sizer, duration_s=5.0, losses="expected"
+        )
+        if p == 0.0:
+            assert blind.value == pytest.approx(known.value, rel=1e-12)
+        else:
+            assert blind.value < known.value
+        # Its schedule is a real one: replayed, it keeps the frames it plans.
+        assert blind.num_frames == 62
+    with pytest.raises(ValueError, match="Bernoulli"):
+        from mimirate.ratecontrol.simulator import GilbertElliottLoss
+
+        ge = LinkConfig(loss=GilbertElliottLoss(0.1, 0.5))
+        offline_optimum(tr, table, link=ge, sizer=sizer, duration_s=1.0, losses="expected")
+    with pytest.raises(ValueError, match="losses"):
+        offline_optimum(tr, table, sizer=sizer, duration_s=1.0, losses="maybe")

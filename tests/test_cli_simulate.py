@@ -78,3 +78,15 @@ def test_simulate_offline_reports_its_bound(capsys, table_file, trace_dir):
     doc = json.loads(capsys.readouterr().out)
     ctl = doc["controllers"]
     assert doc["offline_bound_qoe"] >= max(ctl["adaptive"]["mean_qoe"], ctl["offline"]["mean_qoe"])
+    assert "offline_expected_bound_qoe" not in doc  # no random loss: one bound
+
+
+def test_simulate_offline_with_random_loss_reports_the_expected_bound(
+    capsys, table_file, trace_dir
+):
+    args = ["simulate", "--trace", str(trace_dir / "a"), "--controller", "adaptive,offline"]
+    args += ["--duration", "3", "--quality-table", str(table_file), "--loss", "0.1", "--json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # Knowing which packets are lost is worth something: the oracle's bound is higher.
+    assert 0 < doc["offline_expected_bound_qoe"] < doc["offline_bound_qoe"]

@@ -9,7 +9,9 @@
   band, and climb back one step per report.
 - :func:`offline_optimum`: dynamic programming over the whole trace and loss pattern, an
   optimistic relaxation whose value bounds every controller from above (see its
-  docstring); its schedule is replayed in the simulator by :class:`PlanController`.
+  docstring), or over the trace with losses known only by their probability, the bound in
+  expectation for controllers that cannot foresee losses; its schedule is replayed in the
+  simulator by :class:`PlanController`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from mimirate.ratecontrol.qoe import (
     QualityTable,
     delay_impairment,
 )
-from mimirate.ratecontrol.simulator import LinkConfig
+from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig
 from mimirate.ratecontrol.traces import Trace
 
 #: Frames per packet of the fixed baselines (two 80 ms frames: a 160 ms packet, the
@@ -225,6 +227,7 @@ def offline_optimum(
     frames_per_packet: tuple[int, ...] = FRAMES_PER_PACKET,
     levels: tuple[int, ...] | None = None,
     redundancy: tuple[int, ...] = REDUNDANCY_LEVELS,
+    losses: str = "known",
 ) -> Plan:
     """The best schedule with the whole trace and loss pattern known, and an upper bound.
 
@@ -255,11 +258,33 @@ def offline_optimum(
     packet (or a fraction ``1 - 1 / DP_RATIO`` of a backlog over :data:`DP_FINE_BYTES`);
     the switch penalties; the oracle's knowledge of losses. The plan it returns can be
     replayed with :class:`PlanController` (which pays those penalties).
+
+    ``losses="expected"`` takes that knowledge away (Bernoulli loss only): the capacity
+    trace is still known, each packet is lost with probability ``p``, and the value is the
+    *expected* summed QoE. A packet's frames score ``1 - p`` of their QoE; a packet with
+    redundancy ``R`` (its bytes always sent: the sender cannot know yet whether the packet
+    before arrived) adds ``q (1 - p)`` of the repeated frames' QoE at ``R`` levels, ``q``
+    being the probability that the packet before was lost (``p``, or 1 if the full buffer
+    dropped it). Losses after the bottleneck do not change its backlog, so the backlog
+    stays deterministic and the programme exact in expectation. Its value bounds the
+    expected QoE of every controller that decides redundancy without knowing which
+    packets were lost (all of this package's); a single run may beat it by luck, by as
+    much as its realised losses fall short of ``p``. (The default, ``"known"``, gives the
+    oracle the seed's loss pattern: a bound on every controller, far above what any of
+    them can reach at 10 % loss.)
     """
     link = link or LinkConfig()
     dur = trace.period_s if duration_s is None else duration_s
     n_t = int(dur * 1000 / FRAME_MS)
+    if losses not in ("known", "expected"):
+        raise ValueError(f"losses must be 'known' or 'expected', not {losses!r}")
+    expected = losses == "expected"
+    if expected and not isinstance(link.loss, BernoulliLoss):
+        raise ValueError("losses='expected' needs Bernoulli loss (independent packets)")
+    p = link.loss.p if expected else 0.0
     lost = link.loss.pattern(n_t + 1, np.random.default_rng([link.seed, 0]))
+    if expected:
+        lost[:] = False  # the expectation replaces the draws
     prop = link.propagation_ms
     lv = np.array(levels or range(1, table.num_levels + 1))
     reds = np.array([0, *sorted({int(r) for r in redundancy if r > 0})])
@@ -267,7 +292,12 @@ def offline_optimum(
     u_red = table.utility_of(reds)[None, :, None]  # [1, R, 1]; depth 0 scores LOST_UTILITY
     bins = dp_bins(link.queue_bytes)
     n_b = bins.size
-    n_pf = max(frames_per_packet) + 1  # previous packet not received, with pf frames
+    max_f = max(frames_per_packet)
+    # The state's second index: "known": the previous packet's frame count if it did not
+    # arrive, else 0. "expected": 0 if there is nothing to repeat (after a drop at the
+    # sender), pf in 1..max_f for a packet of pf frames sent (lost with probability p),
+    # max_f + pf for one the full buffer dropped (lost for certain).
+    n_pf = 2 * max_f + 1 if expected else max_f + 1
     n_l, n_r = lv.size, reds.size
     # Values of the boundaries a packet can reach from the current one (a ring: a packet
     # spans at most max(frames_per_packet) frames).
@@ -324,8 +354,11 @@ def offline_optimum(
         back[t].reshape(-1)[tgt] = info[win]
 
     for t in range(n_t):
-        for pf in range(n_pf):
-            col = value[t % ring, :, pf]
+        for src in range(n_pf):
+            col = value[t % ring, :, src]
+            pf = src - max_f if src > max_f else src  # frames that may be repeated
+            # Probability that those frames did not arrive (known: they did not).
+            q_prev = (p if src <= max_f else 1.0) if expected else 1.0
             # The value never rises with the backlog (see above): a state that scores no
             # more than one with less backlog is dominated, and need not be expanded.
             ahead = np.concatenate([[-np.inf], np.maximum.accumulate(col)[:-1]])
@@ -342,7 +375,7 @@ def offline_optimum(
                 queued = np.maximum(bins[live] - served, 0.0)  # [B] work left at the send
                 # Drop the F frames at the sender: nothing sent, the backlog drains, and
                 # nothing is repeated from before (as a pausing sender does).
-                relax(t + f, _bin_down(bins, queued) * n_pf, base.copy(), pack(f, live, pf, -1, 0))
+                relax(t + f, _bin_down(bins, queued) * n_pf, base.copy(), pack(f, live, src, -1, 0))
                 slot_lost = bool(lost[t + f - 1])
                 size = sizes(f, pf)[: reds.size if pf and not slot_lost else 1]  # [R, L]
                 work = queued[:, None, None] + size[None]  # [B, R, L] up to its last byte
@@ -352,19 +385,23 @@ def offline_optimum(
                 if not slot_lost:
                     arrival = dep + prop
                     for i in range(f):
-                        reward = reward + frame_q(arrival, (t + i + 1) * FRAME_MS, u)
+                        reward = reward + (1 - p) * frame_q(arrival, (t + i + 1) * FRAME_MS, u)
                     if size.shape[0] > 1:
                         for j in range(pf):
-                            reward = reward + frame_q(arrival, (t - pf + j + 1) * FRAME_MS, u_red)
+                            repeated = frame_q(arrival, (t - pf + j + 1) * FRAME_MS, u_red)
+                            reward = reward + q_prev * (1 - p) * repeated
                 reward = np.where(drop, 0.0, reward)
                 work_next = np.where(drop, queued[:, None, None], work)
-                pf_next = np.where(drop | slot_lost, f, 0)
+                if expected:
+                    pf_next = np.where(drop, max_f + f, f)
+                else:
+                    pf_next = np.where(drop | slot_lost, f, 0)
                 key = (_bin_down(bins, work_next) * n_pf + pf_next).reshape(-1)
                 total = (base[:, None, None] + reward).reshape(-1)
                 b_i, r_i, l_i = np.meshgrid(
                     live, np.arange(size.shape[0]), np.arange(n_l), indexing="ij"
                 )
-                relax(t + f, key, total, pack(f, b_i, pf, l_i, r_i).reshape(-1))
+                relax(t + f, key, total, pack(f, b_i, src, l_i, r_i).reshape(-1))
         value[t % ring] = -np.inf  # boundary t is done; its slot serves t + ring
     state = int(np.argmax(value[n_t % ring]))
     b, pf = np.unravel_index(state, (n_b, n_pf))
