@@ -71,6 +71,23 @@ def test_queuing_delay_backs_off_to_receive_rate_once_per_gap(options):
     assert c.rate_bps == pytest.approx(C.BACKOFF * 7200.0)
 
 
+def test_the_cut_adds_back_the_random_loss_after_the_bottleneck(options):
+    # As above, but packet 3 of the first five never arrives: a loss estimate of 1 in 5.
+    c = AdaptiveController(options, start_rate_bps=10_000.0)
+    for s in range(15):
+        c.on_sent(s, s * 80.0, 100)
+    c.update(Feedback(arrivals([0, 1, 2, 4]), 4, 1), 450.0)
+    assert c.loss == pytest.approx(0.2)
+    late = tuple(PacketArrival(s, s * 80.0, s * 80.0 + 400.0, 100) for s in range(5, 10))
+    c.update(Feedback(late, 9, 1), 1120.0)
+    assert c.state is ControllerState.DECREASE
+    # Received (120, 1120]: packets 1, 2, 4..9 = 800 bytes, 6400 bit/s; the bottleneck
+    # delivered that over 1 - loss, and the cut and the ceiling start from there.
+    assert c.receive_rate_bps == pytest.approx(6400.0)
+    assert c.ceiling_bps == pytest.approx(6400.0 / (1 - c.loss))
+    assert c.rate_bps == pytest.approx(C.BACKOFF * 6400.0 / (1 - c.loss))
+
+
 def test_delay_that_is_not_self_inflicted_is_not_congestion(options):
     # A cellular-style gap: packets arrive 350 ms late, but everything sent arrives.
     c = AdaptiveController(options, start_rate_bps=4000.0)
@@ -116,10 +133,22 @@ def test_random_loss_buys_redundancy_not_a_lower_rate(options):
         d = c.update(Feedback(arrivals(got), seq - 1, lost), now)
         assert c.state is not ControllerState.DECREASE
     assert c.rate_bps >= 8000.0
-    assert c.loss == pytest.approx(0.1 * (1 - (1 - C.LOSS_ALPHA) ** 600), rel=1e-6)
+    # The average is bias-corrected: every report showed 10 %, so it reads 10 %, not the
+    # 0.1 * (1 - (1 - LOSS_ALPHA) ** 600) of an average started at 0.
+    assert c.loss == pytest.approx(0.1, rel=1e-9)
     # What the bottleneck delivered: the receive rate with the loss after it added back.
     assert c.delivered_rate_bps == pytest.approx(c.receive_rate_bps / (1 - c.loss))
     assert d.redundancy > 0
+
+
+def test_the_loss_estimate_reads_the_first_reports_whole_and_then_averages(options):
+    c = AdaptiveController(options)
+    c.update(Feedback(arrivals([0, 1, 2, 3]), 4, 1), 500.0)  # 1 of 5 lost
+    assert c.loss == pytest.approx(0.2, rel=1e-9)
+    c.update(Feedback(arrivals(range(5, 10)), 9, 1), 900.0)  # then 5 of 5 arrive
+    keep = (1 - C.LOSS_ALPHA) ** 5
+    want = (keep * (1 - keep) * 0.2) / (keep * (1 - keep) + (1 - keep))
+    assert c.loss == pytest.approx(want, rel=1e-9) and 0.09 < c.loss < 0.11
 
 
 def stall_time(c, sent_ms, ack_ms, last_report_ms):
@@ -179,12 +208,14 @@ def test_measured_loss_turns_redundancy_on(options):
     fb, now = _acked(c, list(range(10)))
     d = c.update(fb, now)
     assert c.loss == 0.0 and d.redundancy == 0  # a tight budget buys levels, not copies
-    # One packet of the next ten missing: loss estimate 0.1 (1 - 0.98**10) > PROTECT_LOSS.
+    # One packet of the next ten missing: after ten packets without loss, the
+    # bias-corrected average gives the new report weight 1 and the old one k = 0.98**10.
     for s in range(10, 20):
         c.on_sent(s, s * 80.0, 100)
     got = tuple(PacketArrival(s, s * 80.0, s * 80.0 + 50.0, 100) for s in range(10, 20) if s != 13)
     d = c.update(Feedback(got, 19, 1), 19 * 80.0 + 60.0)
-    assert c.loss == pytest.approx(0.1 * (1 - (1 - C.LOSS_ALPHA) ** 10))
+    k = (1 - C.LOSS_ALPHA) ** 10
+    assert c.loss == pytest.approx(0.1 / (1 + k))
     assert c.loss >= C.PROTECT_LOSS and d.redundancy >= 1
     assert options.find(d.levels, d.frames_per_packet, d.redundancy).wire_bps <= max(
         c.rate_bps, min(o.wire_bps for o in options.options if o.redundancy >= 1)

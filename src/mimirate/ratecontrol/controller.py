@@ -19,8 +19,9 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   tolerating a one-packet shortfall in "behind", since at three packets a second one packet
   is a third of a one-second rate: Mahimahi at 10 % loss gained 0.2-0.5 R points, but on
   that tbf link the stream climbed back to 32 levels after the halving.) On
-  congestion the rate drops to :data:`BACKOFF` x the receive rate, which is what the
-  bottleneck is delivering (GCC's rule; it drains the queue at once), at most once per
+  congestion the rate drops to :data:`BACKOFF` x the receive rate with the random loss
+  after the bottleneck added back, which is what the bottleneck is delivering (GCC's
+  rule; it drains the queue at once), at most once per
   :data:`DECREASE_GAP_MS`, and within
   :data:`DRAIN_MS` of a cut only if the queue is longer than it was at the cut;
 - below :data:`QDELAY_LOW_MS` the rate grows (:data:`STARTUP_GAIN_PER_S` until the first
@@ -32,7 +33,8 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   instead of two, the delay the QoE most rewards, costs ~1.9x the wire rate, and with a
   smaller ratio the budget never reached it on links with 10x the capacity); in between it holds;
 - loss without queuing delay is not congestion (radio loss would otherwise starve the
-  stream): it is smoothed into a loss estimate that buys redundancy.
+  stream): it is smoothed into a loss estimate (a bias-corrected exponential average, so
+  that it reads the first packets' loss rate whole) that buys redundancy.
 
 The rate is a budget in wire bit/s, headers counted. The setting sent, levels x frames per
 packet x redundancy, is the one of highest expected QoE that fits the budget
@@ -279,6 +281,7 @@ class AdaptiveController:
         self.rate_bps = max(start_rate_bps, self.min_rate)
         self.state = ControllerState.STARTUP
         self.loss = 0.0
+        self._loss_sum, self._loss_weight = 0.0, 0.0  # the bias-corrected average of it
         self.qdelay_ms = 0.0  # latest sample, for detection
         self.qdelay_smooth_ms = 0.0  # for delay prediction
         self.base_owd_ms = math.inf
@@ -375,7 +378,13 @@ class AdaptiveController:
         if accounted > 0:
             lost = max(fb.cumulative_lost - self._lost, 0)
             keep = (1.0 - LOSS_ALPHA) ** accounted
-            self.loss = keep * self.loss + (1.0 - keep) * min(lost / accounted, 1.0)
+            self._loss_sum = keep * self._loss_sum + (1.0 - keep) * min(lost / accounted, 1.0)
+            # Bias-corrected: the average starts at 0 with weight 0, so that the first
+            # packets give the loss rate they show instead of a fraction of it (at 10 %
+            # loss the plain average still read 4 % after 60 packets, and the shortfall
+            # read as congestion).
+            self._loss_weight = keep * self._loss_weight + (1.0 - keep)
+            self.loss = self._loss_sum / self._loss_weight
             self._highest_seq, self._lost = fb.highest_seq, fb.cumulative_lost
         return congested
 
@@ -419,8 +428,9 @@ class AdaptiveController:
                 and not stalled
             )
             if now_ms - self._last_decrease_ms >= DECREASE_GAP_MS and not draining:
-                # The receive rate is what the bottleneck delivers; in a stall it is stale.
-                received = self.receive_rate_bps
+                # What the bottleneck delivers: the receive rate with the random loss after
+                # it added back (else 10 % loss cuts 10 % deeper); in a stall it is stale.
+                received = self.delivered_rate_bps
                 if received > 0 and not stalled:
                     self.ceiling_bps = received
                 cut = BACKOFF * (received if received > 0 and not stalled else self.rate_bps)
