@@ -71,23 +71,6 @@ def test_queuing_delay_backs_off_to_receive_rate_once_per_gap(options):
     assert c.rate_bps == pytest.approx(C.BACKOFF * 7200.0)
 
 
-def test_the_cut_adds_back_the_random_loss_after_the_bottleneck(options):
-    # As above, but packet 3 of the first five never arrives: a loss estimate of 1 in 5.
-    c = AdaptiveController(options, start_rate_bps=10_000.0)
-    for s in range(15):
-        c.on_sent(s, s * 80.0, 100)
-    c.update(Feedback(arrivals([0, 1, 2, 4]), 4, 1), 450.0)
-    assert c.loss == pytest.approx(0.2)
-    late = tuple(PacketArrival(s, s * 80.0, s * 80.0 + 400.0, 100) for s in range(5, 10))
-    c.update(Feedback(late, 9, 1), 1120.0)
-    assert c.state is ControllerState.DECREASE
-    # Received (120, 1120]: packets 1, 2, 4..9 = 800 bytes, 6400 bit/s; the bottleneck
-    # delivered that over 1 - loss, and the cut and the ceiling start from there.
-    assert c.receive_rate_bps == pytest.approx(6400.0)
-    assert c.ceiling_bps == pytest.approx(6400.0 / (1 - c.loss))
-    assert c.rate_bps == pytest.approx(C.BACKOFF * 6400.0 / (1 - c.loss))
-
-
 def test_delay_that_is_not_self_inflicted_is_not_congestion(options):
     # A cellular-style gap: packets arrive 350 ms late, but everything sent arrives.
     c = AdaptiveController(options, start_rate_bps=4000.0)
