@@ -159,8 +159,8 @@ class StreamingConvTranspose1d(nn.Module):
 
         A streaming step multiplies it by 1-16 input steps, and BLAS streams a weight
         that is the transposed operand 2-4x faster than the row-major one ``x @ W`` it
-        gets otherwise (the decoder's first layer, 34 MB for ``mimi``: 2.1 -> 0.6 ms a
-        step on this project's CPU, see :mod:`mimirate.models.kernels`). Only for the
+        gets otherwise (the decoder's first layer, 34 MB for ``mimi``: 2.7 -> 0.85 ms in
+        a streaming step on this project's CPU, see :mod:`mimirate.models.kernels`). Only for the
         layers :meth:`_half_overlap` computes; a codec on the CPU calls it once.
         """
         layer = self.layer

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -227,7 +227,7 @@ def offline_optimum(
     frames_per_packet: tuple[int, ...] = FRAMES_PER_PACKET,
     levels: tuple[int, ...] | None = None,
     redundancy: tuple[int, ...] = REDUNDANCY_LEVELS,
-    losses: str = "known",
+    losses: Literal["known", "expected"] = "known",
 ) -> Plan:
     """The best schedule with the whole trace and loss pattern known, and an upper bound.
 
