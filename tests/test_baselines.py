@@ -9,7 +9,7 @@ from mimirate.ratecontrol.baselines import (
     offline_optimum,
 )
 from mimirate.ratecontrol.options import OptionTable
-from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
+from mimirate.ratecontrol.simulator import BernoulliLoss, GilbertElliottLoss, LinkConfig, simulate
 from mimirate.ratecontrol.traces import Trace
 from mimirate.ratecontrol.wire import WireSizer
 
@@ -174,10 +174,8 @@ def test_expected_loss_optimum_matches_the_oracle_without_loss_and_stays_under_i
             assert blind.value < known.value
         # Its schedule is a real one: replayed, it keeps the frames it plans.
         assert blind.num_frames == 62
+    ge = LinkConfig(loss=GilbertElliottLoss(0.1, 0.5))
     with pytest.raises(ValueError, match="Bernoulli"):
-        from mimirate.ratecontrol.simulator import GilbertElliottLoss
-
-        ge = LinkConfig(loss=GilbertElliottLoss(0.1, 0.5))
         offline_optimum(tr, table, link=ge, sizer=sizer, duration_s=1.0, losses="expected")
     with pytest.raises(ValueError, match="losses"):
         offline_optimum(tr, table, sizer=sizer, duration_s=1.0, losses="maybe")

@@ -282,9 +282,10 @@ def offline_optimum(
     if expected and not isinstance(link.loss, BernoulliLoss):
         raise ValueError("losses='expected' needs Bernoulli loss (independent packets)")
     p = link.loss.p if expected else 0.0
-    lost = link.loss.pattern(n_t + 1, np.random.default_rng([link.seed, 0]))
-    if expected:
-        lost[:] = False  # the expectation replaces the draws
+    if expected:  # the expectation replaces the draws
+        lost = np.zeros(n_t + 1, bool)
+    else:
+        lost = link.loss.pattern(n_t + 1, np.random.default_rng([link.seed, 0]))
     prop = link.propagation_ms
     lv = np.array(levels or range(1, table.num_levels + 1))
     reds = np.array([0, *sorted({int(r) for r in redundancy if r > 0})])
