@@ -235,7 +235,7 @@ class StreamingConvTranspose1d(nn.Module):
             out[:, :, :1] = head
         state.partial.copy_(second[:, :, -1].detach())
         if self.layer.bias is not None:
-            out = out + self.layer.bias[:, None, None]
+            out.add_(self.layer.bias[:, None, None])  # out is fresh; autograd allows it
         return out.view(B, c_out, T * S)
 
 

@@ -19,6 +19,10 @@ autograd works through both.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
+
 import torch
 from torch.nn import functional as F
 
@@ -26,6 +30,43 @@ from torch.nn import functional as F
 SMALL_COLUMNS = 8
 #: Convolution weights of at least this many values take it up to ``C_out`` columns.
 LARGE_WEIGHT = 1 << 21
+
+
+#: glibc's ``mallopt`` parameters (malloc.h) and the values :func:`keep_freed_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 128 << 20
+_malloc_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed buffers of up to 32 MiB for reuse (up to 128 MiB at the heap's
+    top) instead of returning each to the kernel; True if the setting applies.
+
+    Offline coding and training allocate and free tens of MB per layer. By default glibc
+    serves such buffers with fresh ``mmap`` calls and unmaps them on free (its adaptive
+    threshold follows the sizes it saw freed, and it trims the heap beyond twice that),
+    so every layer page-faults its output in afresh: 0.85-1.5 M faults and 15-20 % of
+    the time of encoding 10 s with ``mimi`` on this project's CPU, 11 % of a CPU training
+    step of ``small`` (``benchmarks/bench_codec.py``). 32 MiB is the largest threshold
+    glibc would adapt to by itself. The setting is the whole process's, so it is made once:
+    by the first offline ``encode`` or ``decode`` on the CPU (after the weights are loaded,
+    so that loading's buffers were already given back) or by a CPU training run; only
+    under glibc, and not at all when ``MIMIRATE_KEEP_FREED_MEMORY=0``. No library does
+    this for us: PyTorch caches CPU memory only in its mobile builds.
+    """
+    global _malloc_kept
+    if _malloc_kept:
+        return True
+    if os.environ.get("MIMIRATE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _malloc_kept = ok
+    return ok
 
 
 def small_columns(x: torch.Tensor, columns: int) -> bool:

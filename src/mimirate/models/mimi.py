@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimirate.config import MimiConfig
+from mimirate.models import kernels
 from mimirate.models.conv import (
     ConvDownsample1d,
     ConvState,
@@ -196,6 +197,8 @@ class MimiModel(nn.Module):
 
     def encode(self, x: torch.Tensor, n_q: int | None = None) -> EncodeResult:
         """Encode ``x [B, 1, N]`` (zero-padded to whole frames) to ``[B, n_q, ceil(N / frame)]``."""
+        if x.device.type == "cpu":
+            kernels.keep_freed_memory()
         frames = -(-x.shape[-1] // self.frame_size)
         x = F.pad(x, (0, frames * self.frame_size - x.shape[-1]))
         state = self.init_encoder_state(x.shape[0])
@@ -214,6 +217,8 @@ class MimiModel(nn.Module):
 
     def decode(self, codes: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``codes [B, K, T]`` to ``[B, 1, T * frame_size]`` from a fresh state."""
+        if codes.device.type == "cpu":
+            kernels.keep_freed_memory()
         state = self.init_decoder_state(codes.shape[0])
         n = OFFLINE_CHUNK_FRAMES
         parts = [

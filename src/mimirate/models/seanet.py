@@ -17,6 +17,16 @@ from mimirate.models.conv import StreamingConv1d, StreamingConvTranspose1d
 from mimirate.models.streaming import StreamingSequential
 
 
+def _elu() -> nn.ELU:
+    """ELU in place, for inputs that are a layer's fresh output and read by nothing else.
+
+    Offline, SEANet's activations are tens of MB per layer: writing them in place saves a
+    buffer each, whose pages would otherwise be faulted in afresh (autograd saves ELU's
+    output for its backward, so training is unaffected).
+    """
+    return nn.ELU(alpha=1.0, inplace=True)
+
+
 class SEANetResnetBlock(nn.Module):
     """``x + conv1x1(ELU(conv_k(ELU(x))))``, the inner width reduced by ``compress``."""
 
@@ -24,9 +34,9 @@ class SEANetResnetBlock(nn.Module):
         super().__init__()
         hidden = dim // compress
         self.block = StreamingSequential(
-            nn.ELU(alpha=1.0),
+            nn.ELU(alpha=1.0),  # not in place: x is the residual
             StreamingConv1d(dim, hidden, kernel_size, dilation=dilation),
-            nn.ELU(alpha=1.0),
+            _elu(),
             StreamingConv1d(hidden, dim, 1),
         )
 
@@ -35,7 +45,8 @@ class SEANetResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple[Any, ...] | None = None) -> torch.Tensor:
         """``[B, dim, T] -> [B, dim, T]``."""
-        return x + self.block(x, state)
+        # In place on the block's fresh output: one buffer fewer per block.
+        return self.block(x, state).add_(x)
 
 
 def _resblocks(cfg: SEANetConfig, dim: int) -> list[nn.Module]:
@@ -69,12 +80,12 @@ class SEANetEncoder(nn.Module):
             width = mult * cfg.n_filters
             layers += _resblocks(cfg, width)
             layers += [
-                nn.ELU(alpha=1.0),
+                _elu(),
                 StreamingConv1d(width, 2 * width, 2 * ratio, stride=ratio),
             ]
             mult *= 2
         layers += [
-            nn.ELU(alpha=1.0),
+            _elu(),
             StreamingConv1d(mult * cfg.n_filters, cfg.dimension, cfg.last_kernel_size),
         ]
         self.model = StreamingSequential(*layers)
@@ -101,13 +112,13 @@ class SEANetDecoder(nn.Module):
         for ratio in cfg.ratios:
             width = mult * cfg.n_filters
             layers += [
-                nn.ELU(alpha=1.0),
+                _elu(),
                 StreamingConvTranspose1d(width, width // 2, 2 * ratio, stride=ratio),
             ]
             layers += _resblocks(cfg, width // 2)
             mult //= 2
         layers += [
-            nn.ELU(alpha=1.0),
+            _elu(),
             StreamingConv1d(cfg.n_filters, cfg.channels, cfg.last_kernel_size),
         ]
         self.model = StreamingSequential(*layers)

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from mimirate.config import MimiConfig, get_preset
 from mimirate.errors import CheckpointError, ConfigError, MimirateError
+from mimirate.models import kernels
 from mimirate.models.mimi import MimiModel
 from mimirate.models.quantization import CHECK_UNUSED_EVERY
 from mimirate.train import checkpoint
@@ -225,6 +226,8 @@ class Trainer:
         self.model = MimiModel(self.model_config)
         unit_gain_init(self.model)
         self.model = self.model.to(self.device).train()
+        if self.device.type == "cpu":
+            kernels.keep_freed_memory()
         self.disc = MultiScaleSTFTDiscriminator(config.disc_ffts, config.disc_filters).to(
             self.device
         )
