@@ -6,6 +6,7 @@ from mimirate.ratecontrol.baselines import (
     PlanController,
     QueueController,
     ThroughputController,
+    late_lost_floor,
     offline_optimum,
 )
 from mimirate.ratecontrol.options import OptionTable
@@ -179,3 +180,46 @@ def test_expected_loss_optimum_matches_the_oracle_without_loss_and_stays_under_i
         offline_optimum(tr, table, link=ge, sizer=sizer, duration_s=1.0, losses="expected")
     with pytest.raises(ValueError, match="losses"):
         offline_optimum(tr, table, sizer=sizer, duration_s=1.0, losses="maybe")
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.1])
+@pytest.mark.parametrize("trace", sorted(TRACES))
+def test_late_lost_floor_is_under_every_controller(trace, loss):
+    from mimirate.ratecontrol.controller import AdaptiveController
+
+    table = _table8()
+    sizer = WireSizer()
+    opts = OptionTable(sizer, table)
+    tr = TRACES[trace]
+    link = LinkConfig(loss=BernoulliLoss(loss), seed=1, queue_bytes=1500)
+    floor = late_lost_floor(tr, sizer=sizer, link=link, duration_s=5.0)
+    if trace == "outage":
+        # 1.5 s of 5 without a link: the frames captured early in it cannot make the
+        # 400 ms deadline, whatever is sent.
+        assert 0.1 < floor < 0.3
+    controllers = [FixedController(k) for k in (1, 4, 8)] + [
+        FixedController(1, frames_per_packet=1),
+        FixedController(4, redundancy=2),
+        FixedController(2, frames_per_packet=1, redundancy=1),
+        ThroughputController(opts),
+        QueueController(max_levels=8),
+        AdaptiveController(opts),
+    ]
+    for c in controllers:
+        r = simulate(tr, c, table, link=link, duration_s=5.0)
+        assert r.late_frac + r.lost_frac >= floor - 1e-6, c.name
+
+
+def test_late_lost_floor_on_constant_links():
+    sizer = WireSizer()
+    ample = Trace.from_rates("ample", np.array([0.0]), np.array([20_000.0]), 5.0)
+    assert late_lost_floor(ample, sizer=sizer, duration_s=5.0) == 0.0
+    # 300 bit/s: less than the headers of the cheapest stream (a 4-frame packet a 320 ms).
+    thin = Trace.from_rates("thin", np.array([0.0]), np.array([300.0]), 5.0)
+    assert late_lost_floor(thin, sizer=sizer, duration_s=5.0) > 0.99
+    # A sender that does not know which packets are lost repeats every packet's frames
+    # in the next and still misses those whose two packets are both lost: p**2 = 4 %.
+    lossy = LinkConfig(loss=BernoulliLoss(0.2), seed=3)
+    known = late_lost_floor(ample, sizer=sizer, link=lossy, duration_s=5.0)
+    blind = late_lost_floor(ample, sizer=sizer, link=lossy, duration_s=5.0, losses="expected")
+    assert known <= blind and 0.03 < blind < 0.06

@@ -417,3 +417,49 @@ def offline_optimum(
     packets.reverse()
     arr = np.array(packets, dtype=np.int64).reshape(-1, 4)
     return Plan(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], total_value)
+
+
+#: Utility the floor's programme gives every frame that plays: large enough that no
+#: delay impairment (at most ~30 R points before the playout deadline) buys a lost frame.
+_FLOOR_UTILITY = 1e6
+
+
+def late_lost_floor(
+    trace: Trace,
+    *,
+    sizer: Sizer,
+    link: LinkConfig | None = None,
+    duration_s: float | None = None,
+    losses: Literal["known", "expected"] = "known",
+) -> float:
+    """The least fraction of frames late or lost that any sender reaches on this trace.
+
+    :func:`offline_optimum` on a quality table in which every played frame is worth the
+    same, far more than any delay costs: its optimum plays as many frames as a schedule can,
+    at one level (a smaller packet never arrives later), and its value bounds that count
+    from above for every controller whose packetisation and redundancy are among those
+    offered (all of this package's). So the fraction returned is a lower bound on their
+    late-or-lost fraction, within ``1e-4`` points. With ``losses="expected"`` (Bernoulli
+    loss), a bound on the expected fraction of senders that do not know which packets
+    were lost; ``"known"`` gives the oracle the loss pattern too. A frame counts as late
+    or lost here as in the simulator (all frames speech).
+    """
+    flat = QualityTable(
+        model="late-lost-floor",
+        weights_hash="",
+        dataset="",
+        num_files=0,
+        command="",
+        created="",
+        pesq_wb=(0.0,),
+        mel_distance=(0.0,),
+        utility=(_FLOOR_UTILITY,),
+    )
+    plan = offline_optimum(
+        trace, flat, sizer=sizer, link=link, duration_s=duration_s, levels=(1,), losses=losses
+    )
+    # value >= U * played - (delay impairments of played frames), each impairment at most
+    # Idd at the deadline: played <= value / U + that over U.
+    worst = float(delay_impairment(np.array([PLAYOUT_DEADLINE_MS + FRAME_MS]))[0])
+    played = plan.value / _FLOOR_UTILITY + plan.num_frames * worst / _FLOOR_UTILITY
+    return max(0.0, 1.0 - played / max(plan.num_frames, 1))
