@@ -19,11 +19,13 @@ from tqdm import tqdm
 from mimirate.audio import read_audio, resample
 from mimirate.codec import Codec
 from mimirate.errors import ConfigError
+from mimirate.evaluation.align import align
 from mimirate.train.data import DEV_FOLDER
 from mimirate.train.losses import mel_distance
 
 LEVELS = (1, 2, 4, 8, 16, 32)
-#: Longest delay searched when aligning output to input (samples at the model rate).
+#: Largest delay searched, either way, when aligning output to input (samples at the
+#: model rate).
 MAX_LAG = 2 * 1920
 
 
@@ -47,15 +49,6 @@ def dev_files(speech_root: Path, count: int) -> list[Path]:
         raise ConfigError(f"no evaluation files in {Path(speech_root) / DEV_FOLDER}")
     idx = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
     return [files[i] for i in sorted(set(idx.tolist()))]
-
-
-def _lag(x: np.ndarray, y: np.ndarray) -> int:
-    """Delay of ``y`` behind ``x`` in ``0..MAX_LAG`` maximising their correlation."""
-    n = min(len(x), len(y))
-    corr = [float(np.dot(x[: n - d], y[d:n])) for d in range(0, MAX_LAG + 1, 8)]
-    coarse = int(np.argmax(corr)) * 8
-    fine = range(max(0, coarse - 8), min(MAX_LAG, coarse + 8) + 1)
-    return max(fine, key=lambda d: float(np.dot(x[: n - d], y[d:n])))
 
 
 def _scores(ref: np.ndarray, out: np.ndarray, rate: int) -> tuple[float, float, float, float]:
@@ -90,7 +83,6 @@ def measure(
     for f in tqdm(files, desc="quality", unit="file", disable=not progress):
         ref = read_audio(f, rate).samples
         enc = codec.encode(ref)
-        lag = None
         points: list[tuple[str, np.ndarray, np.ndarray | None]] = [
             (f"{k} levels", enc.codes[:k], None) for k in levels
         ]
@@ -98,12 +90,11 @@ def measure(
             choice = rng.choice(np.array(mix), size=enc.num_frames)
             points.append((f"per-frame mix of {mix}", enc.codes, choice))
         for label, codes, lv in points:
-            out = codec.decode(codes, lv)
-            if lag is None:
-                lag = _lag(ref, out)
-            y = out[lag : lag + len(ref)]
-            x = ref[: len(y)]
-            per_label.setdefault(label, []).append(_scores(x, y, rate))
+            # The harness's alignment (log-spectrogram lag, then the waveform peak near
+            # it): the waveform's correlation peak alone lands anywhere on an output that
+            # does not keep the phase, and STOI falls with the misalignment.
+            a = align(ref, codec.decode(codes, lv), MAX_LAG)
+            per_label.setdefault(label, []).append(_scores(a.reference, a.degraded, rate))
             means[label] = float(np.mean(lv)) if lv is not None else float(codes.shape[0])
     rows = []
     for label, vals in per_label.items():
