@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mimirate.config import MIMI, TINY
+from mimirate.models import mimi
 from mimirate.models.mimi import MimiModel
 
 FS = TINY.frame_size
@@ -128,6 +129,21 @@ def test_streaming_odd_chunks_equals_offline(model: MimiModel) -> None:
             model.decode_step(ref.codes[..., i : i + 2], None, restream) for i in (0, 2, 4, 6, 8)
         ]
     assert torch.allclose(torch.cat(outs, -1), audio, atol=1e-5)
+
+
+def test_offline_steps_do_not_change_the_result(
+    model: MimiModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = _speechlike(9)
+    with torch.no_grad():
+        whole = model.encode(x)
+        audio = model.decode(whole.codes)
+        monkeypatch.setattr(mimi, "OFFLINE_CHUNK_FRAMES", 2)  # 5 steps, the last of 1 frame
+        stepped = model.encode(x)
+        restepped = model.decode(whole.codes)
+    assert torch.equal(stepped.codes[:, :16], whole.codes[:, :16])
+    assert float((stepped.codes == whole.codes).float().mean()) > 0.97
+    assert torch.allclose(restepped, audio, atol=1e-5)
 
 
 def test_encode_is_causal(model: MimiModel) -> None:
