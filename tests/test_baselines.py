@@ -9,6 +9,7 @@ from mimirate.ratecontrol.baselines import (
     late_lost_floor,
     offline_optimum,
 )
+from mimirate.ratecontrol.controller import AdaptiveController
 from mimirate.ratecontrol.options import OptionTable
 from mimirate.ratecontrol.simulator import BernoulliLoss, GilbertElliottLoss, LinkConfig, simulate
 from mimirate.ratecontrol.traces import Trace
@@ -49,11 +50,21 @@ TRACES = {
 }
 
 
+def _every_controller(opts: OptionTable) -> list:
+    """One of each kind, fixed settings across levels, bundling and redundancy."""
+    return [FixedController(k) for k in (1, 4, 8)] + [
+        FixedController(1, frames_per_packet=1),
+        FixedController(4, redundancy=2),
+        FixedController(2, frames_per_packet=1, redundancy=1),
+        ThroughputController(opts),
+        QueueController(max_levels=8),
+        AdaptiveController(opts),
+    ]
+
+
 @pytest.mark.parametrize("loss", [0.0, 0.1])
 @pytest.mark.parametrize("trace", sorted(TRACES))
 def test_offline_optimum_upper_bounds_every_controller(trace, loss):
-    from mimirate.ratecontrol.controller import AdaptiveController
-
     table = _table8()
     sizer = WireSizer()
     opts = OptionTable(sizer, table)
@@ -64,14 +75,7 @@ def test_offline_optimum_upper_bounds_every_controller(trace, loss):
     replay = simulate(tr, PlanController(plan), table, link=link, duration_s=5.0)
     # The schedule is a real one: replayed, it scores no more than the bound.
     assert replay.mean_qoe <= plan.bound + 1e-9
-    controllers = [FixedController(k) for k in (1, 4, 8)] + [
-        FixedController(4, redundancy=2),
-        FixedController(2, frames_per_packet=1, redundancy=1),
-        ThroughputController(opts),
-        QueueController(max_levels=8),
-        AdaptiveController(opts),
-    ]
-    for c in controllers:
+    for c in _every_controller(opts):
         r = simulate(tr, c, table, link=link, duration_s=5.0)
         assert r.mean_qoe <= plan.bound + 1e-9, c.name
 
@@ -185,8 +189,6 @@ def test_expected_loss_optimum_matches_the_oracle_without_loss_and_stays_under_i
 @pytest.mark.parametrize("loss", [0.0, 0.1])
 @pytest.mark.parametrize("trace", sorted(TRACES))
 def test_late_lost_floor_is_under_every_controller(trace, loss):
-    from mimirate.ratecontrol.controller import AdaptiveController
-
     table = _table8()
     sizer = WireSizer()
     opts = OptionTable(sizer, table)
@@ -197,15 +199,7 @@ def test_late_lost_floor_is_under_every_controller(trace, loss):
         # 1.5 s of 5 without a link: the frames captured early in it cannot make the
         # 400 ms deadline, whatever is sent.
         assert 0.1 < floor < 0.3
-    controllers = [FixedController(k) for k in (1, 4, 8)] + [
-        FixedController(1, frames_per_packet=1),
-        FixedController(4, redundancy=2),
-        FixedController(2, frames_per_packet=1, redundancy=1),
-        ThroughputController(opts),
-        QueueController(max_levels=8),
-        AdaptiveController(opts),
-    ]
-    for c in controllers:
+    for c in _every_controller(opts):
         r = simulate(tr, c, table, link=link, duration_s=5.0)
         assert r.late_frac + r.lost_frac >= floor - 1e-6, c.name
 
