@@ -79,6 +79,8 @@ def test_simulate_offline_reports_its_bound(capsys, table_file, trace_dir):
     ctl = doc["controllers"]
     assert doc["offline_bound_qoe"] >= max(ctl["adaptive"]["mean_qoe"], ctl["offline"]["mean_qoe"])
     assert "offline_expected_bound_qoe" not in doc  # no random loss: one bound
+    floor = doc["late_lost_floor_pct"]
+    assert 0 <= floor <= min(ctl["adaptive"]["late_lost_pct"], ctl["offline"]["late_lost_pct"])
 
 
 def test_simulate_offline_with_random_loss_reports_the_expected_bound(
@@ -90,3 +92,7 @@ def test_simulate_offline_with_random_loss_reports_the_expected_bound(
     doc = json.loads(capsys.readouterr().out)
     # Knowing which packets are lost is worth something: the oracle's bound is higher.
     assert 0 < doc["offline_expected_bound_qoe"] < doc["offline_bound_qoe"]
+    # The oracle's floor holds in every run; the blind one in expectation (repeating every
+    # packet's frames in the next, p**2 = 1 % of frames are still missing).
+    assert doc["late_lost_floor_pct"] <= doc["controllers"]["adaptive"]["late_lost_pct"]
+    assert 0.5 < doc["expected_late_lost_floor_pct"] < 100
