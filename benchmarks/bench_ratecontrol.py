@@ -276,7 +276,7 @@ def network(args: argparse.Namespace) -> dict:
     the optimum that does not know which packets are lost (``losses="expected"``): the
     bound in expectation for controllers that cannot know it either."""
     from mimirate.cli.simulate import make_controllers, summarize
-    from mimirate.ratecontrol.baselines import PlanController, late_lost_floor, offline_optimum
+    from mimirate.ratecontrol.baselines import PlanController, offline_bounds
     from mimirate.ratecontrol.options import OptionTable
     from mimirate.ratecontrol.qoe import load_quality_table
     from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
@@ -305,36 +305,22 @@ def network(args: argparse.Namespace) -> dict:
                 per: dict[str, object] = {"trace": tr.name, "family": family, "loss": loss}
                 for name, factory in controllers:
                     if factory is None:
-                        plan = offline_optimum(tr, table, link=link, duration_s=dur, sizer=sizer)
+                        # The least late+lost any sender reaches comes with the bounds: how
+                        # far the 2 % target is reachable at all.
+                        ob = offline_bounds(tr, table, sizer=sizer, link=link, duration_s=dur)
+                        plan = ob.plan
                         r = simulate(
                             tr, PlanController(plan), table, link=link, duration_s=dur, sizer=sizer
                         )
                         bound_sum += plan.value
+                        expected_sum += ob.expected_value
                         frames += plan.num_frames
+                        floor_sum += ob.late_lost_floor * plan.num_frames
+                        blind_floor_sum += ob.expected_late_lost_floor * plan.num_frames
                         per["bound"] = plan.bound
-                        blind = plan
-                        if loss > 0:
-                            blind = offline_optimum(
-                                tr,
-                                table,
-                                link=link,
-                                duration_s=dur,
-                                sizer=sizer,
-                                losses="expected",
-                            )
-                        expected_sum += blind.value
-                        per["expected_bound"] = blind.bound
-                        # The least late+lost any sender reaches here (losses known, and
-                        # not known): how far the 2 % target is reachable at all.
-                        kw = dict(link=link, duration_s=dur, sizer=sizer)
-                        floor = late_lost_floor(tr, **kw)
-                        blind_floor = (
-                            late_lost_floor(tr, **kw, losses="expected") if loss > 0 else floor
-                        )
-                        floor_sum += floor * plan.num_frames
-                        blind_floor_sum += blind_floor * plan.num_frames
-                        per["late_lost_floor_pct"] = 100 * floor
-                        per["expected_late_lost_floor_pct"] = 100 * blind_floor
+                        per["expected_bound"] = ob.expected_value / max(plan.num_frames, 1)
+                        per["late_lost_floor_pct"] = 100 * ob.late_lost_floor
+                        per["expected_late_lost_floor_pct"] = 100 * ob.expected_late_lost_floor
                     else:
                         r = simulate(tr, factory(), table, link=link, duration_s=dur, sizer=sizer)
                     results.append((name, r))

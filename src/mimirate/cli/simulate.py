@@ -162,9 +162,9 @@ def make_controllers(spec: str, options: Any) -> list[Any]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mimirate.ratecontrol.baselines import PlanController, late_lost_floor, offline_optimum
+    from mimirate.ratecontrol.baselines import PlanController, offline_bounds
     from mimirate.ratecontrol.options import OptionTable
-    from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
+    from mimirate.ratecontrol.simulator import LinkConfig, simulate
     from mimirate.ratecontrol.traces import DEFAULT_SCALE_KBPS, load_trace, trace_files
     from mimirate.ratecontrol.wire import WireSizer
 
@@ -185,24 +185,22 @@ def run(args: argparse.Namespace) -> int:
     results = []
     bound_sum, bound_frames = 0.0, 0  # the offline optimum's DP value: an upper bound
     # With random (Bernoulli) loss, also the optimum that does not know which packets are
-    # lost: the bound in expectation for controllers that cannot know it either.
-    blind = isinstance(link.loss, BernoulliLoss) and link.loss.p > 0
-    expected_sum = 0.0
+    # lost (``blind``): the bound in expectation for controllers that cannot know it either.
     # And the least late+lost fraction any sender reaches (frame-weighted over traces).
+    blind, expected_sum = False, 0.0
     floor_sum, expected_floor_sum = 0.0, 0.0
     for path in tqdm(files, desc="traces", unit="trace", disable=len(files) < 2, file=sys.stderr):
         trace = load_trace(path, scale)
         dur = args.duration if args.duration is not None else min(trace.period_s, 300.0)
         for name, factory in controllers:
             if factory is None:
-                plan = offline_optimum(trace, table, link=link, duration_s=dur, sizer=sizer)
+                ob = offline_bounds(trace, table, sizer=sizer, link=link, duration_s=dur)
+                plan = ob.plan
                 bound_sum, bound_frames = bound_sum + plan.value, bound_frames + plan.num_frames
-                kw = dict(link=link, duration_s=dur, sizer=sizer)
-                floor_sum += late_lost_floor(trace, **kw) * plan.num_frames
-                if blind:
-                    expected_sum += offline_optimum(trace, table, **kw, losses="expected").value
-                    floor = late_lost_floor(trace, **kw, losses="expected")
-                    expected_floor_sum += floor * plan.num_frames
+                expected_sum += ob.expected_value
+                floor_sum += ob.late_lost_floor * plan.num_frames
+                expected_floor_sum += ob.expected_late_lost_floor * plan.num_frames
+                blind = ob.blind
                 r = simulate(
                     trace, PlanController(plan), table, link=link, duration_s=dur, sizer=sizer
                 )

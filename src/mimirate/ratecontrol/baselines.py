@@ -463,3 +463,42 @@ def late_lost_floor(
     worst = float(delay_impairment(np.array([PLAYOUT_DEADLINE_MS + FRAME_MS]))[0])
     played = plan.value / _FLOOR_UTILITY + plan.num_frames * worst / _FLOOR_UTILITY
     return max(0.0, 1.0 - played / max(plan.num_frames, 1))
+
+
+@dataclass(frozen=True)
+class OfflineBounds:
+    """What no controller beats on one trace and link (see :func:`offline_bounds`).
+
+    ``plan``: the oracle's schedule (losses known; its ``value`` bounds every run).
+    ``expected_value``: the bound in expectation for senders that do not know which packets
+    are lost (``plan.value`` when there is no random loss to not know). The floors: the
+    least late-or-lost fraction, losses known and not (:func:`late_lost_floor`).
+    ``blind``: whether the second pair was computed apart (Bernoulli loss, ``p > 0``).
+    """
+
+    plan: Plan
+    expected_value: float
+    late_lost_floor: float
+    expected_late_lost_floor: float
+    blind: bool
+
+
+def offline_bounds(
+    trace: Trace, table: QualityTable, *, sizer: Sizer, link: LinkConfig, duration_s: float
+) -> OfflineBounds:
+    """The offline optimum and the late-or-lost floor, with losses known and, under random
+    (Bernoulli) loss, not known: the bounds `mimirate simulate` and the network benchmark
+    report beside the controllers."""
+    kw: dict[str, Any] = dict(sizer=sizer, link=link, duration_s=duration_s)
+    plan = offline_optimum(trace, table, **kw)
+    floor = late_lost_floor(trace, **kw)
+    blind = isinstance(link.loss, BernoulliLoss) and link.loss.p > 0
+    if not blind:
+        return OfflineBounds(plan, plan.value, floor, floor, False)
+    return OfflineBounds(
+        plan,
+        offline_optimum(trace, table, **kw, losses="expected").value,
+        floor,
+        late_lost_floor(trace, **kw, losses="expected"),
+        True,
+    )
