@@ -230,6 +230,44 @@ def test_a_growing_queue_is_congestion_even_when_rates_match(options):
     assert c.rate_bps == pytest.approx(min(before, C.BACKOFF * c.receive_rate_bps))
 
 
+def test_the_queue_is_judged_by_its_floor_not_by_bursts(options):
+    """A link that delivers in bursts (a cellular schedule) holds some packets back in
+    every report while others pass at once: the least delay of the last packets
+    stays near zero and the rate keeps growing. A standing queue lifts the floor: growth
+    stops."""
+    c = AdaptiveController(options, start_rate_bps=3000.0)
+    fb, now = _acked(c, list(range(5)))
+    c.update(fb, now)
+    c.state = ControllerState.INCREASE  # past startup, which grows whatever the delay
+    seq = 5
+
+    def report(owds):
+        nonlocal seq
+        for k in range(len(owds)):
+            c.on_sent(seq + k, (seq + k) * 80.0, 100)
+        arr = tuple(
+            PacketArrival(seq + k, (seq + k) * 80.0, (seq + k) * 80.0 + o, 100)
+            for k, o in enumerate(owds)
+        )
+        seq += len(owds)
+        return c.update(Feedback(arr, seq - 1, 0), arr[-1].arrival_ms + 10.0)
+
+    # Each report: one packet held 100 ms by the schedule, one through at once.
+    for _ in range(8):
+        before = c.rate_bps
+        report([150.0, 50.0])
+        assert c.qdelay_ms == pytest.approx(100.0)  # over QDELAY_LOW_MS: growth stopped before
+        assert c.qdelay_floor_ms == 0.0
+        assert c.state is ControllerState.INCREASE and c.rate_bps > before
+    # Every packet 80 ms late for longer than the window: the floor rises, growth stops.
+    for _ in range(int(C.QUEUE_FLOOR_WINDOW_MS / 160.0) + 2):
+        report([130.0, 130.0])
+    assert c.qdelay_floor_ms == pytest.approx(80.0)
+    before = c.rate_bps
+    report([130.0, 130.0])
+    assert c.state is ControllerState.HOLD and c.rate_bps == before
+
+
 def test_serialisation_of_a_bigger_packet_is_not_queuing(options):
     c = AdaptiveController(options, start_rate_bps=4000.0)
     c.on_sent(0, 0.0, 60)
