@@ -163,7 +163,7 @@ def container_bytes(codec, enc, levels: np.ndarray | None, k: int | None = None)
 
 def adaptive_levels(codec, s: Scored, budget_bytes: int, distortion, cal, silent) -> np.ndarray:
     """The least-distortion allocation whose real .mimi file fits ``budget_bytes``."""
-    from mimirate.ratecontrol.allocation import fit_allocation
+    from mimirate.ratecontrol.allocation import fit_allocation, loudness_weights
 
     return fit_allocation(
         distortion,
@@ -171,6 +171,7 @@ def adaptive_levels(codec, s: Scored, budget_bytes: int, distortion, cal, silent
         lambda lv, cap: 8 * container_bytes(codec, s.enc, lv, cap),
         calibration=cal,
         silent=silent,
+        weights=loudness_weights(s.audio, codec.frame_size),
     ).levels
 
 

@@ -8,6 +8,7 @@ from mimirate.ratecontrol.allocation import (
     allocate,
     fit_allocation,
     hull_gains,
+    loudness_weights,
     side_bits_per_frame,
     silent_frames,
 )
@@ -75,6 +76,37 @@ def test_silent_frames():
     x = np.zeros(1920 * 3, np.float32)
     x[1920:3840] = 0.1 * np.sin(np.arange(1920) * 0.1)
     assert list(silent_frames(x, 1920)) == [True, False, True]
+
+
+def test_loudness_weights():
+    x = np.zeros(1920 * 3, np.float32)
+    x[:1920] = 0.5
+    x[1920:3840] = 0.02
+    w = loudness_weights(x, 1920)
+    assert w[:2] == pytest.approx([0.5**0.5, 0.02**0.5])
+    assert w[2] < 1e-4  # digital silence
+    assert loudness_weights(x, 1920, exponent=1.0)[:2] == pytest.approx([0.5, 0.02])
+
+
+def test_weights_move_levels_to_the_heavier_frames_and_their_scale_is_free(rng):
+    err = np.repeat(curves(rng, t=1), 10, axis=1)  # ten identical frames
+    w = np.ones(10)
+    w[:5] = 4.0
+    a = allocate(err, 2000.0, weights=w)
+    assert a.levels[:5].min() > a.levels[5:].max()
+    assert np.array_equal(allocate(err, 2000.0, weights=7.0 * w).levels, a.levels)
+    b = fit_allocation(err, 2000 * 10 // 12, _file_bits, weights=w)
+    assert b.levels[:5].min() > b.levels[5:].max()
+    s = StreamingAllocator(2000.0, lookahead=10)
+    for j in range(10):
+        s.push(err[:, j], weight=float(w[j]))
+    streamed = s.flush()
+    assert min(streamed[:5]) > max(streamed[5:])
+    for bad in (np.ones(9), np.full(10, -1.0), np.full(10, np.nan)):
+        with pytest.raises(ConfigError):
+            allocate(err, 2000.0, weights=bad)
+    with pytest.raises(ConfigError):
+        StreamingAllocator(2000.0).push(err[:, 0], weight=-1.0)
 
 
 def test_calibration_monotone_and_used(rng, tmp_path):

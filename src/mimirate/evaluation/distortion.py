@@ -124,7 +124,8 @@ def adaptive_file(
     """The ``.mimi`` file of ``enc`` at per-frame levels of at most ``bps`` bit/s on disk
     (its bytes over the input's duration).
 
-    Levels are allocated to minimise the summed distortion (silent frames at one level;
+    Levels are allocated to minimise the summed distortion, each frame's weighted by its
+    loudness (silent frames at one level;
     :func:`mimirate.ratecontrol.allocation.fit_allocation`), ranked by ``ranking``:
     "measured", each frame's mel distance decoded at 1..16 levels (:func:`measured_distortion`);
     or "latent", ``enc.latent_error`` through the model's calibration (raw without one).
@@ -138,7 +139,12 @@ def adaptive_file(
     """
     from mimirate.bitstream import MimiFile
     from mimirate.bitstream.container import DEFAULT_CHUNK_FRAMES
-    from mimirate.ratecontrol.allocation import Calibration, fit_allocation, silent_frames
+    from mimirate.ratecontrol.allocation import (
+        Calibration,
+        fit_allocation,
+        loudness_weights,
+        silent_frames,
+    )
 
     if ranking not in RANKINGS:
         raise ConfigError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
@@ -179,6 +185,7 @@ def adaptive_file(
         lambda levels, cap: 8 * len(file_of(levels, cap).to_bytes()),
         calibration=calibration,
         silent=silent_frames(samples, codec.frame_size),
+        weights=loudness_weights(samples, codec.frame_size),
         frame_rate=codec.frame_rate,
         bits=codec.bits_per_code,
     )

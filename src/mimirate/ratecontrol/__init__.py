@@ -21,6 +21,7 @@ from mimirate.ratecontrol.allocation import (
     StreamingAllocator,
     allocate,
     fit_allocation,
+    loudness_weights,
 )
 from mimirate.ratecontrol.controller import (
     AdaptiveController,
@@ -55,4 +56,5 @@ __all__ = [
     "fit_allocation",
     "frame_qoe",
     "load_quality_table",
+    "loudness_weights",
 ]
