@@ -18,7 +18,9 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   11.11 -> 12.17, HSDPA 13.33 -> 13.28 / 10.36 -> 10.69, FCC 13.04 -> 13.11 / 10.79 ->
   10.87. Tried with it, not adopted: capping the setting at 1.1-1.3x the capacity last
   seen, for gentler probes, lost 0.2-0.6 on average; forgetting that capacity once the rate
-  passes it by 20-40 %, or taking it with loss added back, moved the averages by < 0.1.)
+  passes it by 20-40 %, or taking it with loss added back, moved the averages by < 0.1;
+  holding the budget under the rate of the last failed probe for 3-5 s, doubling while
+  probes fail at the same rate, lost 0.2-0.4.)
   Congestion is a queue that is ours: a floor over :data:`QDELAY_HIGH_MS`, or one
   sample over :data:`QDELAY_SEVERE_MS`, while the bottleneck delivers under
   :data:`BEHIND_RATIO` of what is sent (delay that sending less would not remove, a cellular
