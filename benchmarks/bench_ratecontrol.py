@@ -255,14 +255,26 @@ def allocation(args: argparse.Namespace) -> dict:
             f"  {r}: curve {c[:, 0].min() / 1e3:.2f}-{c[:, 0].max() / 1e3:.2f} kbit/s, mel "
             f"{c[:, 1].min():.3f}-{c[:, 1].max():.3f};"
         )
-        # The lowest rate on the curve whose mel distance is at least as good: interpolating
-        # would clamp at the curve's ends and report a saving for a curve that never gets there.
+        # Where the curve first comes down to that mel distance: linear between the two
+        # points around the crossing (the points are 0.1 kbit/s apart), never past the
+        # curve's ends (a curve that never gets there reports no saving).
         reached = np.flatnonzero(c[:, 1] <= fixed8["mel"])
         saved: float | None = None
         if reached.size:
-            j = reached[np.argmin(c[reached, 0])]
-            saved = float(1 - c[j, 0] / fixed8["bps"])
-            print(f"{head} reaches it at {c[j, 0] / 1e3:.3f} kbit/s: {100 * saved:.1f}% fewer bits")
+            j = int(reached[0])
+            bps = c[j, 0]
+            if j > 0:
+                (b0, m0), (b1, m1) = c[j - 1], c[j]
+                bps = b0 + (b1 - b0) * (m0 - fixed8["mel"]) / (m0 - m1)
+            saved = float(1 - bps / fixed8["bps"])
+            print(
+                f"{head} reaches it at {bps / 1e3:.3f} kbit/s: {100 * saved:.1f}% fewer bits"
+                + (
+                    f" (between the points at {c[j - 1, 0] / 1e3:.2f} and {c[j, 0] / 1e3:.2f})"
+                    if j
+                    else ""
+                )
+            )
         else:
             print(f"{head} does not reach it")
         out["bits_saved_at_fixed8_mel"][r] = saved
