@@ -6,6 +6,7 @@ the senders' VAD and what DTX saves.
     python benchmarks/bench_ratecontrol.py --calibrate --model small          # stores tables/
     python benchmarks/bench_ratecontrol.py --allocation --model small
     python benchmarks/bench_ratecontrol.py --network [--traces-per-family 4] [--seconds 60]
+    python benchmarks/bench_ratecontrol.py --network --held-out 8   # 8 other traces a family
     python benchmarks/bench_ratecontrol.py --progressive --model small
     python benchmarks/bench_ratecontrol.py --dtx [--files 40]
 
@@ -283,6 +284,26 @@ def allocation(args: argparse.Namespace) -> dict:
 
 
 # -- network -----------------------------------------------------------------------------------
+def network_traces(family: str, per_family: int, held_out: int = 0) -> list[Path]:
+    """The traces of a family the network figures use: ``per_family`` evenly spaced ones
+    (Mahimahi: uplinks only), the set the controller's constants were measured on; or, with
+    ``held_out`` > 0, that many evenly spaced among all the others (Mahimahi downlinks
+    included), to check that what was tuned on the first set holds beyond it."""
+    from mimirate.ratecontrol.traces import trace_files
+
+    files = trace_files(TRACES / family)
+    tuned = files
+    if family == "mahimahi-cellular":
+        tuned = [f for f in files if f.name.endswith(".up")] or files
+    step = max(1, len(tuned) // per_family)
+    chosen = tuned[::step][:per_family]
+    if not held_out:
+        return chosen
+    rest = [f for f in files if f not in chosen]
+    k = max(1, len(rest) // held_out)
+    return rest[k // 2 :: k][:held_out]
+
+
 def network(args: argparse.Namespace) -> dict:
     """Every controller over the chosen traces, 0% and 10% random loss; the offline optimum
     as a bound (its DP value, an upper bound) and as a replayed schedule. With loss, also
@@ -293,7 +314,7 @@ def network(args: argparse.Namespace) -> dict:
     from mimirate.ratecontrol.options import OptionTable
     from mimirate.ratecontrol.qoe import load_quality_table
     from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
-    from mimirate.ratecontrol.traces import load_trace, trace_files
+    from mimirate.ratecontrol.traces import load_trace
     from mimirate.ratecontrol.wire import WireSizer
 
     table = load_quality_table(args.table)
@@ -302,11 +323,7 @@ def network(args: argparse.Namespace) -> dict:
     controllers = make_controllers("all", options)
     out: dict = {"table": table.model, "families": {}, "traces": []}
     for family in ("hsdpa-norway", "fcc", "mahimahi-cellular"):
-        files = trace_files(TRACES / family)
-        if family == "mahimahi-cellular":
-            files = [f for f in files if f.name.endswith(".up")] or files
-        step = max(1, len(files) // args.traces_per_family)
-        chosen = files[::step][: args.traces_per_family]
+        chosen = network_traces(family, args.traces_per_family, args.held_out)
         for loss in (0.0, 0.1):
             link = LinkConfig(loss=BernoulliLoss(loss), seed=1)
             results = []
@@ -533,6 +550,13 @@ def main() -> None:
     ap.add_argument("--progressive", action="store_true")
     ap.add_argument("--dtx", action="store_true")
     ap.add_argument("--traces-per-family", type=int, default=4)
+    ap.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--network on N other traces a family (not those the controller was tuned on)",
+    )
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--out", default=None, help="folder for JSON and plots")
     args = ap.parse_args()
