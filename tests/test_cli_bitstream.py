@@ -140,6 +140,36 @@ def test_bad_input_is_a_clean_error(tmp_path, capsys):
     assert code == 2 and "evaluation set" in err
 
 
+def test_entropy_fit_takes_folders_and_leaves_the_evaluation_set_out(clips, tmp_path, capsys):
+    root = tmp_path / "speech"
+    (root / "train").mkdir(parents=True)
+    (root / "librispeech-test-other-dev").mkdir()
+    (root / "more").mkdir()
+    for i, where in enumerate(["train", "librispeech-test-other-dev", "more"]):
+        (root / where / f"c{i}.wav").write_bytes((clips / f"clip{i}.wav").read_bytes())
+    table = tmp_path / "t.safetensors"
+    # The speech root holds the evaluation set: its file is left out, the others fit.
+    code, out, err = run(
+        capsys, "entropy-fit", root, *RANDOM, "--out", table, "--contexts", "4", "--json"
+    )
+    assert code == 0 and "left out 1 files of the evaluation set" in err
+    assert json.loads(out)["table"] == str(table)
+    a = _load(table).table_id
+    code, _, _ = run(
+        capsys,
+        "entropy-fit",
+        root / "train",
+        root / "more",
+        *RANDOM,
+        "--out",
+        table,
+        "--contexts",
+        "4",
+    )
+    # The same two files, the same table (safetensors orders its metadata as it likes).
+    assert code == 0 and _load(table).table_id == a
+
+
 @pytest.mark.parametrize("mode", ["measured", "latent"])
 def test_adaptive_encode_fits_the_real_bitrate(clips, tmp_path, capsys, mode):
     pytest.importorskip("librosa")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -386,16 +387,23 @@ def cmd_entropy_fit(args: argparse.Namespace) -> int:
     from mimirate.bitstream.entropy import table_path
     from mimirate.cli import print_json
 
-    folder = Path(args.dir)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: not a folder of audio files")
-    if EVAL_SET in folder.resolve().parts:
-        raise ConfigError(
-            f"{folder} is the evaluation set ({EVAL_SET}): fit tables on training speech only"
-        )
-    files = _audio_files(folder)[: args.max_files]
+    found: set[Path] = set()
+    for d in args.dir:
+        folder = Path(d)
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: not a folder of audio files")
+        if EVAL_SET in folder.resolve().parts:
+            raise ConfigError(
+                f"{folder} is the evaluation set ({EVAL_SET}): fit tables on training speech only"
+            )
+        found.update(_audio_files(folder))
+    # A folder above the evaluation set (the speech root) must not let it in either.
+    held = {f for f in found if EVAL_SET in f.resolve().parts}
+    if held:
+        print(f"left out {len(held)} files of the evaluation set ({EVAL_SET})", file=sys.stderr)
+    files = sorted(found - held)[: args.max_files]
     if not files:
-        raise ConfigError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise ConfigError(f"{', '.join(args.dir)}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     codec = _load_codec(args.model, args.random_init, args.seed)
     arrays = []
     for f in tqdm(files, desc="encoding", unit="file"):
@@ -519,12 +527,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "entropy-fit",
-        help="fit entropy-coding tables from a folder of training speech",
-        description="Encode the audio files under DIR with the model and fit its entropy "
+        help="fit entropy-coding tables from folders of training speech",
+        description="Encode the audio files under each DIR with the model and fit its entropy "
         "tables, stored beside the model's weights (or at --out). Never fit on the "
-        f"evaluation set ({EVAL_SET}).",
+        f"evaluation set ({EVAL_SET}): a DIR inside it is refused, its files under a DIR "
+        "above it are left out.",
     )
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", nargs="+")
     _add_model_args(p, default=DEFAULT_MODEL)
     p.add_argument("--out", help="where to write the table (default: beside the weights)")
     p.add_argument("--max-files", type=int, default=400, help="files to use (default 400)")
