@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from mimirate.config import DEFAULT_MODEL
 from mimirate.errors import ConfigError, FormatError
 
+# One definition of the evaluation folder (quality figures are measured on it: entropy
+# tables, like the model, must never see it) and of the audio files searched for.
+from mimirate.train.data import AUDIO_SUFFIXES
+from mimirate.train.data import DEV_FOLDER as EVAL_SET
+
 if TYPE_CHECKING:
     from mimirate.bitstream import BitrateReport, EntropyTable, MimiFile
     from mimirate.codec import Codec
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
-#: Quality figures are measured on this set: entropy tables must never see it.
-EVAL_SET = "librispeech-test-other-dev"
 
 
 # -- shared helpers -------------------------------------------------------------------------
