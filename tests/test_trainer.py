@@ -8,7 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
 
+from mimirate.cli import main
+from mimirate.errors import CheckpointError
 from mimirate.train.data import Clip
 from mimirate.train.trainer import TrainConfig, Trainer, TrainingCollapsed
 
@@ -74,6 +78,45 @@ def test_resume_gives_identical_steps(tmp_path: Path) -> None:
         g_d.pop("seconds")
         assert g_d == e_d
     assert got[-1].disc != 0.0  # the discriminator did train
+
+
+def test_a_resumed_run_may_take_a_new_discriminator_before_the_gan_starts(tmp_path: Path) -> None:
+    # A run trained without the GAN continues into it with a narrower discriminator: the
+    # generator, its optimizer and the draws come back, the discriminator starts afresh.
+    cfg = _config(steps=2, adversarial_start=100, disc_ffts=(256,), disc_filters=4)
+    first = Trainer(cfg, [_clip()], [], tmp_path, progress=False)
+    first.train_step()
+    first.save()
+    narrow = dataclasses.replace(cfg, adversarial_start=1, disc_filters=2)
+    resumed = Trainer(narrow, [_clip()], [], tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        resumed.restore()
+    resumed = Trainer(narrow, [_clip()], [], tmp_path, progress=False)
+    resumed.restore(fresh_discriminator=True)
+    assert resumed.step == 1
+    for name, p in first.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], p), name
+    assert resumed.train_step().disc != 0.0  # the new discriminator trains
+
+
+def test_the_cli_changes_the_discriminator_only_before_the_gan_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data" / "speechy"
+    data.mkdir(parents=True)
+    for i in range(10):  # 8 are held out for validation
+        sf.write(data / f"c{i}.wav", _clip(1.0 + 0.1 * i).samples, 24_000)
+    run = tmp_path / "run"
+    common = ["train", "--out", str(run), "--data-root", str(tmp_path / "data"), "--no-progress"]
+    common += ["--threads", "1"]
+    gan_at = ["--adversarial-start", "2"]
+    assert main([*common, "--config", "tiny", "--steps", "1", "--batch", "2", *gan_at]) == 0
+    assert main([*common, "--resume", "--steps", "3", "--disc-filters", "8"]) == 0
+    stored = json.loads((run / "train_config.json").read_text())
+    assert stored["disc_filters"] == 8
+    assert main([*common, "--resume", "--steps", "4", "--disc-filters", "4"]) == 2
+    assert "discriminator has trained" in capsys.readouterr().err
+    assert json.loads((run / "train_config.json").read_text())["disc_filters"] == 8
 
 
 def test_run_writes_log_checkpoint_and_best(tmp_path: Path) -> None:

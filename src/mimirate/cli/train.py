@@ -64,6 +64,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--adversarial-start", type=int, default=None, help="step the GAN starts")
     p.add_argument(
+        "--disc-filters",
+        type=int,
+        default=None,
+        help="discriminator width (default 32); on --resume only before the GAN has started, "
+        "and the discriminator then starts afresh",
+    )
+    p.add_argument(
         "--quantize-start",
         type=int,
         default=None,
@@ -163,6 +170,7 @@ def _train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "decay_start": args.decay_start,
         "adversarial_start": args.adversarial_start,
+        "disc_filters": args.disc_filters,
         "quantize_start": args.quantize_start,
         "kmeans_frames": args.kmeans_frames,
         "freeze_encoder": None if args.joint is None else not args.joint,
@@ -177,9 +185,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if not checkpoint.exists(ckpt_dir):
             raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
-        stored = checkpoint.load(ckpt_dir).state["train_config"]
+        state = checkpoint.load(ckpt_dir).state
+        stored = state["train_config"]
+        new_disc = "disc_filters" in given and given["disc_filters"] != stored.get("disc_filters")
+        if new_disc and int(state["step"]) > int(stored["adversarial_start"]):
+            raise ConfigError(
+                f"--disc-filters: the run's discriminator has trained since step "
+                f"{stored['adversarial_start']}; its width ({stored.get('disc_filters')}) is kept"
+            )
         for k, v in given.items():
-            if k not in _RESUME_OVERRIDES and stored.get(k) != v:
+            if k not in (*_RESUME_OVERRIDES, "disc_filters") and stored.get(k) != v:
                 raise ConfigError(
                     f"--resume keeps the run's {k} ({stored.get(k)}); drop the flag or start "
                     "a new run in another folder"
@@ -203,8 +218,8 @@ def _train(args: argparse.Namespace) -> int:
     say(f"data: {source}: {len(train)} clips, {minutes:.1f} min (+{len(holdout)} held out)")
     trainer = Trainer(config, train, holdout, args.out, device=args.device, progress=progress)
     if args.resume:
-        trainer.restore()
-        say(f"resumed at step {trainer.step}")
+        trainer.restore(fresh_discriminator=new_disc)
+        say(f"resumed at step {trainer.step}" + (" with a new discriminator" if new_disc else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "commands.txt", "a") as f:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -526,8 +526,13 @@ class Trainer:
             f"step{self.step:07d}",
         )
 
-    def restore(self, directory: Path | None = None) -> None:
-        """Load a checkpoint written by :meth:`save` (default: this run's)."""
+    def restore(self, directory: Path | None = None, *, fresh_discriminator: bool = False) -> None:
+        """Load a checkpoint written by :meth:`save` (default: this run's).
+
+        ``fresh_discriminator`` keeps this trainer's newly built discriminator and its optimizer
+        instead of the checkpoint's (for a run whose GAN has not started and that changes the
+        discriminator's size); everything else is restored as usual.
+        """
         loaded = checkpoint.load(directory or self.out_dir / "checkpoint")
         t, s = loaded.tensors, loaded.state
         if s.get("model") != self.config.model:
@@ -540,11 +545,13 @@ class Trainer:
 
         try:
             self.model.load_state_dict(sub("model/"))
-            self.disc.load_state_dict(sub("disc/"))
+            if not fresh_discriminator:
+                self.disc.load_state_dict(sub("disc/"))
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint does not fit the model: {e}") from None
         checkpoint.optimizer_from_tensors(self.opt_g, t, s["opt_g"], "opt_g")
-        checkpoint.optimizer_from_tensors(self.opt_d, t, s["opt_d"], "opt_d")
+        if not fresh_discriminator:
+            checkpoint.optimizer_from_tensors(self.opt_d, t, s["opt_d"], "opt_d")
         torch.set_rng_state(t["rng/torch_cpu"])
         if self.device.type == "cuda" and "rng/torch_cuda" in t:
             torch.cuda.set_rng_state(t["rng/torch_cuda"], self.device)
