@@ -268,6 +268,62 @@ def test_the_queue_is_judged_by_its_floor_not_by_bursts(options):
     assert c.state is ControllerState.HOLD and c.rate_bps == before
 
 
+def _bursty_then_congested(c: AdaptiveController, held_ms: float) -> tuple[float, float]:
+    """Reports of two packets each, one held ``held_ms`` by the link and one not, then a
+    a queue. Returns the receive rate at the cut and the time of the cut."""
+    sent, acked, now = 0, 0, 0.0
+
+    def report(owds: list[float], send: int) -> None:
+        nonlocal sent, acked, now
+        for _ in range(send):
+            c.on_sent(sent, sent * 80.0, 100)
+            sent += 1
+        arr = [
+            PacketArrival(acked + k, (acked + k) * 80.0, (acked + k) * 80.0 + o, 100)
+            for k, o in enumerate(owds)
+        ]
+        acked += len(owds)
+        now = max(now, max(a.arrival_ms for a in arr) + 10.0)
+        c.update(Feedback(tuple(arr), acked - 1, 0), now)
+
+    for _ in range(30):
+        report([50.0 + held_ms, 50.0], send=2)
+    c.state = ControllerState.INCREASE
+    # Before the queue, the jitter average reads 150 ms on the bursty path (1 - 0.9**30 of
+    # it), 0 on the steady one.
+    assert c.jitter_ms == pytest.approx(held_ms * (1 - (1 - C.JITTER_ALPHA) ** 30))
+    assert c.bursty is (held_ms > C.BURSTY_JITTER_MS)
+    # A queue: 4 packets sent for every 2 out of it, 130 ms late (over QDELAY_SEVERE_MS):
+    # congestion once the receive rate falls behind (the second report at the latest).
+    for _ in range(2):
+        report([180.0, 180.0], send=4)
+        if c.state is ControllerState.DECREASE:
+            break
+    assert c.state is ControllerState.DECREASE
+    return c.ceiling_bps, now
+
+
+def test_a_bursty_path_backs_off_less_and_probes_faster(options):
+    """Packets held 150 ms in every report without a standing queue make a path bursty:
+    its cut is to BURSTY_BACKOFF of the receive rate and it grows past the last capacity
+    seen by BURSTY_ADDITIVE_BPS_PER_S; a steady path (nothing held) keeps BACKOFF and
+    ADDITIVE_BPS_PER_S."""
+    for held, backoff, additive in (
+        (150.0, C.BURSTY_BACKOFF, C.BURSTY_ADDITIVE_BPS_PER_S),
+        (0.0, C.BACKOFF, C.ADDITIVE_BPS_PER_S),
+    ):
+        c = AdaptiveController(options, start_rate_bps=12_000.0)
+        received, now = _bursty_then_congested(c, held)
+        assert c.rate_bps == pytest.approx(backoff * received)
+        # Past the last capacity (the receive rate at the cut) only the additive probe.
+        c.state = ControllerState.INCREASE
+        c.rate_bps = received
+        c.update(None, now)
+        c.update(None, now + 500.0)
+        assert c.rate_bps == pytest.approx(received + 0.5 * additive)
+    assert C.BURSTY_BACKOFF > C.BACKOFF and C.BURSTY_ADDITIVE_BPS_PER_S > C.ADDITIVE_BPS_PER_S
+
+
 def test_serialisation_of_a_bigger_packet_is_not_queuing(options):
     c = AdaptiveController(options, start_rate_bps=4000.0)
     c.on_sent(0, 0.0, 60)
