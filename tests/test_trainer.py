@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from mimirate.cli import main
-from mimirate.errors import CheckpointError
+from mimirate.errors import CheckpointError, ConfigError
 from mimirate.train.data import Clip
 from mimirate.train.trainer import TrainConfig, Trainer, TrainingCollapsed
 
@@ -99,6 +99,21 @@ def test_a_resumed_run_may_take_a_new_discriminator_before_the_gan_starts(tmp_pa
     assert resumed.train_step().disc != 0.0  # the new discriminator trains
 
 
+def test_the_adversarial_weights_ramp_up_while_the_discriminator_trains(tmp_path: Path) -> None:
+    cfg = _config(steps=4, adversarial_start=1, adversarial_ramp=4, disc_ffts=(256,))
+    trainer = Trainer(cfg, [_clip()], [], tmp_path, progress=False)
+    factors = []
+    for _ in range(4):
+        factors.append(trainer.adversarial_factor())
+        r = trainer.train_step()
+        assert (r.disc != 0.0) is (r.step > 1)  # the discriminator from adversarial_start
+    assert factors == [0.0, 0.25, 0.5, 0.75]
+    trainer.step = 100
+    assert trainer.adversarial_factor() == 1.0
+    with pytest.raises(ConfigError, match="ramp"):
+        _config(adversarial_ramp=-1)
+
+
 def test_the_cli_changes_the_discriminator_only_before_the_gan_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -111,9 +126,10 @@ def test_the_cli_changes_the_discriminator_only_before_the_gan_starts(
     common += ["--threads", "1"]
     gan_at = ["--adversarial-start", "2"]
     assert main([*common, "--config", "tiny", "--steps", "1", "--batch", "2", *gan_at]) == 0
-    assert main([*common, "--resume", "--steps", "3", "--disc-filters", "8"]) == 0
+    resume = ["--resume", "--steps", "3", "--disc-filters", "8", "--adversarial-ramp", "5"]
+    assert main([*common, *resume]) == 0
     stored = json.loads((run / "train_config.json").read_text())
-    assert stored["disc_filters"] == 8
+    assert stored["disc_filters"] == 8 and stored["adversarial_ramp"] == 5
     assert main([*common, "--resume", "--steps", "4", "--disc-filters", "4"]) == 2
     assert "discriminator has trained" in capsys.readouterr().err
     assert json.loads((run / "train_config.json").read_text())["disc_filters"] == 8

@@ -34,6 +34,7 @@ _RESUME_OVERRIDES = (
     "lr",
     "decay_start",
     "adversarial_start",
+    "adversarial_ramp",
     "checkpoint_seconds",
     "guard_warmup",
     "quantize_start",
@@ -63,6 +64,12 @@ def register(subparsers: Any) -> None:
         help="hold the learning rate until this step, then decay it linearly to 10%% at --steps",
     )
     p.add_argument("--adversarial-start", type=int, default=None, help="step the GAN starts")
+    p.add_argument(
+        "--adversarial-ramp",
+        type=int,
+        default=None,
+        help="steps over which the generator's adversarial weights rise from 0 (default 0)",
+    )
     p.add_argument(
         "--disc-filters",
         type=int,
@@ -171,6 +178,7 @@ def _train(args: argparse.Namespace) -> int:
         "decay_start": args.decay_start,
         "adversarial_start": args.adversarial_start,
         "disc_filters": args.disc_filters,
+        "adversarial_ramp": args.adversarial_ramp,
         "quantize_start": args.quantize_start,
         "kmeans_frames": args.kmeans_frames,
         "freeze_encoder": None if args.joint is None else not args.joint,

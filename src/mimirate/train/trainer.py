@@ -105,6 +105,10 @@ class TrainConfig:
     commitment_weight: float = 1.0
     latent_scale_weight: float = 1.0
     adversarial_start: int = 3_000
+    #: Steps over which the generator's adversarial and feature-matching weights rise
+    #: linearly from 0 (the discriminator trains at full rate from adversarial_start): a
+    #: trained generator does not chase a discriminator that knows nothing yet.
+    adversarial_ramp: int = 0
     adversarial_weight: float = 1.0
     feature_weight: float = 3.0
     adversarial_loss: str = "hinge"  # or "lsgan"
@@ -130,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"decay start {self.decay_start} must be in 0..steps ({self.steps})")
         if not 0.0 <= self.decay_floor <= 1.0:
             raise ConfigError(f"decay floor must be in [0, 1], not {self.decay_floor}")
+        if self.adversarial_ramp < 0:
+            raise ConfigError(f"adversarial ramp must be >= 0 steps, not {self.adversarial_ramp}")
         if self.adversarial_loss not in ("hinge", "lsgan"):
             raise ConfigError(
                 f"adversarial loss must be hinge or lsgan, not {self.adversarial_loss}"
@@ -280,6 +286,13 @@ class Trainer:
             factor *= 1.0 - (1.0 - cfg.decay_floor) * done
         return factor
 
+    def adversarial_factor(self) -> float:
+        """Share of the adversarial and feature-matching weights the generator gets now."""
+        cfg = self.config
+        if self.step < cfg.adversarial_start:
+            return 0.0
+        return min(1.0, (self.step - cfg.adversarial_start + 1) / max(1, cfg.adversarial_ramp))
+
     def _set_lr(self) -> None:
         factor = self.lr_factor()
         for opt, base in ((self.opt_g, self.config.lr), (self.opt_d, self.config.disc_lr)):
@@ -383,7 +396,8 @@ class Trainer:
             gen = hinge_generator_loss if cfg.adversarial_loss == "hinge" else lsgan_generator_loss
             adv = gen([f.float() for f in fake.logits])
             feat = feature_matching_loss(real.features, fake.features)
-            loss = loss + cfg.adversarial_weight * adv + cfg.feature_weight * feat
+            ramp = self.adversarial_factor()
+            loss = loss + ramp * (cfg.adversarial_weight * adv + cfg.feature_weight * feat)
             self.disc.requires_grad_(True)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
