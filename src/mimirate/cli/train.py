@@ -35,6 +35,7 @@ _RESUME_OVERRIDES = (
     "decay_start",
     "adversarial_start",
     "adversarial_ramp",
+    "disc_filters",  # only before the run's GAN has started (checked where it resumes)
     "checkpoint_seconds",
     "guard_warmup",
     "quantize_start",
@@ -202,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
                 f"{stored['adversarial_start']}; its width ({stored.get('disc_filters')}) is kept"
             )
         for k, v in given.items():
-            if k not in (*_RESUME_OVERRIDES, "disc_filters") and stored.get(k) != v:
+            if k not in _RESUME_OVERRIDES and stored.get(k) != v:
                 raise ConfigError(
                     f"--resume keeps the run's {k} ({stored.get(k)}); drop the flag or start "
                     "a new run in another folder"
