@@ -58,8 +58,11 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   14.47 -> 14.48 / 12.04 -> 12.07, FCC 18.97 -> 19.04 / 15.51 -> 15.57; over 8 other traces
   a family, Mahimahi 14.24 -> 14.62 / 12.37 -> 12.95, HSDPA 13.59 -> 13.79 / 10.95 ->
   11.21, FCC 13.53 -> 13.56 / 11.25 -> 11.22; steady links of 3, 5, 6 and 12 kbit/s
-  unchanged, 4 kbit/s 8.82 -> 8.93. The p95 queuing of the Mahimahi rows went 1039 -> 836 /
-  706 -> 1946 ms: packets sent into one trace's outages. A cut to 0.9 and 600 bit/s a
+  unchanged, 4 kbit/s 8.82 -> 8.93; over every trace of the folders, `mimirate simulate
+  --duration 60` (HSDPA 80, FCC 127) and 300 (Mahimahi 13): 11.3 -> 11.4 / 8.8 -> 8.9,
+  12.3 -> 12.5 / 10.1 -> 10.3, 14.1 -> 14.8 / 11.7 -> 12.6. The p95 queuing of the
+  benchmark's Mahimahi rows went 1039 -> 836 / 706 -> 1946 ms, packets sent into one
+  trace's outages; over all 13, 189 -> 255 / 193 -> 227 ms. A cut to 0.9 and 600 bit/s a
   second for every path gained as much on the traces but let a steady 6 kbit/s link's queue
   reach a p95 of 233 ms (tests/test_simulator.py); 600 bit/s a second alone for every path
   cost a steady 4 kbit/s link 0.9 R points. Readings of the jitter that leave the onsets
