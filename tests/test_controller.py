@@ -375,3 +375,67 @@ def test_growth_past_the_last_congestion_is_additive(options):
 def test_silent_frames_are_not_sent(options):
     d = AdaptiveController(options).update(None, 0.0)
     assert d.silence_levels == 0 == C.SILENCE_LEVELS
+
+
+@pytest.mark.parametrize("bursty", [False, True])
+def test_a_failed_probe_blocks_its_rate_for_a_doubling_hold(options, bursty):
+    """On a steady path, an upgrade of more than UPGRADE_STEP followed by congestion
+    within UPGRADE_FAIL_MS blocks settings that cost as much for UPGRADE_HOLD_MS; the
+    next probe failing too doubles the hold. A bursty path blocks nothing (its
+    congestion signals are mostly bursts)."""
+    jitter = 2 * C.BURSTY_JITTER_MS if bursty else 0.0
+    c = AdaptiveController(options, start_rate_bps=3000.0)
+    seq, now = 0, 0.0
+
+    def report(owd: float) -> None:
+        nonlocal seq, now
+        fb, now = _acked(c, [seq, seq + 1], owd=owd)
+        seq += 2
+        c.update(fb, now)
+
+    def choose(at: float, budget: float):
+        c.update(None, at)  # the growth since the last update, then the budget set
+        c.rate_bps = budget
+        c.update(None, at)  # same instant: no growth
+        return c.option
+
+    def climb(at: float):
+        """From the low setting, a budget 2.2 times its rate."""
+        assert choose(at, low.wire_bps) == low
+        return choose(at, 2.2 * low.wire_bps)
+
+    for _ in range(3):
+        report(50.0)
+    c.state = ControllerState.INCREASE
+    low = c.option
+    probe = climb(now)
+    assert probe.wire_bps > (1 + C.UPGRADE_STEP) * low.wire_bps
+
+    def fail() -> float:
+        """The time of the cut."""
+        # A queue over QDELAY_HIGH_MS growing for PERSIST_REPORTS reports: congestion.
+        start = now
+        c.jitter_ms = jitter
+        for k in range(1, C.PERSIST_REPORTS + 1):
+            report(120.0 + 10 * k)
+        assert c.state is ControllerState.DECREASE
+        assert now - start < C.UPGRADE_FAIL_MS
+        cut = now
+        for _ in range(12):  # the queue drains: delay predictions back to the base
+            report(50.0)
+        c.jitter_ms = jitter
+        return cut
+
+    failed = fail()
+    held = climb(now)
+    if bursty:  # nothing blocked
+        assert held == probe
+        return
+    assert held.wire_bps < probe.wire_bps
+    # Still blocked just before the hold ends; taken again after it: a new probe ...
+    assert climb(failed + C.UPGRADE_HOLD_MS - 1.0) == held
+    assert climb(failed + C.UPGRADE_HOLD_MS + 1.0) == probe
+    # ... that fails too: twice the hold.
+    failed = fail()
+    assert climb(failed + 2 * C.UPGRADE_HOLD_MS - 1.0) == held
+    assert climb(failed + 2 * C.UPGRADE_HOLD_MS + 1.0) == probe
