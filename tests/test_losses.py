@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mimirate.train.losses import (
+    MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
     energy_ratio,
     feature_matching_loss,
@@ -37,6 +38,23 @@ def test_mel_loss_zero_for_identical_and_grows_with_error() -> None:
     small = float(loss(x + 0.001 * torch.randn(x.shape, generator=g), x))
     large = float(loss(x + 0.05 * torch.randn(x.shape, generator=g), x))
     assert 0 < small < large
+    y = torch.zeros_like(x, requires_grad=True)
+    loss(y + 0.01, x).backward()
+    assert y.grad is not None and float(y.grad.abs().sum()) > 0
+
+
+def test_stft_loss_zero_for_identical_and_grows_with_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(2, 1, 4800, generator=g)
+    loss = MultiResolutionSTFTLoss()
+    assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    small = float(loss(x + 0.001 * torch.randn(x.shape, generator=g), x))
+    large = float(loss(x + 0.05 * torch.randn(x.shape, generator=g), x))
+    assert 0 < small < large
+    # Two tones 40 Hz apart, within one mel band of the 2048-point scale: apart here.
+    t = torch.arange(24_000) / 24_000
+    a, b = (0.1 * torch.sin(2 * torch.pi * f * t)[None, None] for f in (3000.0, 3040.0))
+    assert float(loss(b, a)) > 1.0
     y = torch.zeros_like(x, requires_grad=True)
     loss(y + 0.01, x).backward()
     assert y.grad is not None and float(y.grad.abs().sum()) > 0

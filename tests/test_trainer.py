@@ -114,6 +114,18 @@ def test_the_adversarial_weights_ramp_up_while_the_discriminator_trains(tmp_path
         _config(adversarial_ramp=-1)
 
 
+def test_the_stft_loss_joins_the_generator_loss_when_weighted(tmp_path: Path) -> None:
+    # Same seed, same first batch and weights: the losses differ by the weighted term.
+    off, on = (
+        Trainer(_config(steps=1, stft_weight=w), [_clip()], [], tmp_path).train_step()
+        for w in (0.0, 2.0)
+    )
+    assert off.stft == 0.0 and on.stft > 0.0 and on.mel == pytest.approx(off.mel)
+    assert on.loss - off.loss == pytest.approx(2.0 * on.stft, rel=1e-4)
+    with pytest.raises(ConfigError, match="STFT"):
+        _config(stft_weight=-1.0)
+
+
 def test_the_cli_changes_the_discriminator_only_before_the_gan_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,9 +139,10 @@ def test_the_cli_changes_the_discriminator_only_before_the_gan_starts(
     gan_at = ["--adversarial-start", "2"]
     assert main([*common, "--config", "tiny", "--steps", "1", "--batch", "2", *gan_at]) == 0
     resume = ["--resume", "--steps", "3", "--disc-filters", "8", "--adversarial-ramp", "5"]
-    assert main([*common, *resume]) == 0
+    assert main([*common, *resume, "--stft-weight", "0.5"]) == 0
     stored = json.loads((run / "train_config.json").read_text())
     assert stored["disc_filters"] == 8 and stored["adversarial_ramp"] == 5
+    assert stored["stft_weight"] == 0.5
     assert main([*common, "--resume", "--steps", "4", "--disc-filters", "4"]) == 2
     assert "discriminator has trained" in capsys.readouterr().err
     assert json.loads((run / "train_config.json").read_text())["disc_filters"] == 8

@@ -35,6 +35,7 @@ _RESUME_OVERRIDES = (
     "decay_start",
     "adversarial_start",
     "adversarial_ramp",
+    "stft_weight",
     "disc_filters",  # only before the run's GAN has started (checked where it resumes)
     "checkpoint_seconds",
     "guard_warmup",
@@ -70,6 +71,12 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         help="steps over which the generator's adversarial weights rise from 0 (default 0)",
+    )
+    p.add_argument(
+        "--stft-weight",
+        type=float,
+        default=None,
+        help="weight of the multi-resolution linear-STFT loss beside the mel loss (default 0)",
     )
     p.add_argument(
         "--disc-filters",
@@ -180,6 +187,7 @@ def _train(args: argparse.Namespace) -> int:
         "adversarial_start": args.adversarial_start,
         "disc_filters": args.disc_filters,
         "adversarial_ramp": args.adversarial_ramp,
+        "stft_weight": args.stft_weight,
         "quantize_start": args.quantize_start,
         "kmeans_frames": args.kmeans_frames,
         "freeze_encoder": None if args.joint is None else not args.joint,

@@ -1,4 +1,5 @@
-"""Training losses: multi-scale mel reconstruction, adversarial (hinge / LSGAN), feature matching.
+"""Training losses: multi-scale mel and linear-STFT reconstruction, adversarial (hinge / LSGAN),
+feature matching.
 
 All take audio or discriminator outputs as tensors and return scalar tensors.
 """
@@ -87,6 +88,38 @@ class MultiScaleMelLoss(nn.Module):
                 torch.log(a.clamp(min=LOG_FLOOR)), torch.log(b.clamp(min=LOG_FLOOR))
             )
         return total / len(self.mels)
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """Mean over FFT sizes of spectral convergence plus L1 on log magnitude, on the linear
+    frequency scale (Parallel WaveGAN's auxiliary loss).
+
+    The mel loss pools a 2048-point spectrum into 64 bands, so above ~1 kHz it cannot see
+    whether harmonics are resolved; 1025 linear bins can. Spectral convergence
+    (``||S_y| - |S_x||_F / ||S_x||_F``) weighs the loud parts, the log term the quiet ones.
+    """
+
+    def __init__(self, ffts: tuple[int, ...] = (512, 1024, 2048)) -> None:
+        super().__init__()
+        self.ffts = ffts
+        for n in ffts:
+            self.register_buffer(f"window_{n}", torch.hann_window(n), persistent=False)
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y = estimate.reshape(-1, estimate.shape[-1]).float()
+        x = target.reshape(-1, target.shape[-1]).float()
+        total = y.new_zeros(())
+        for n in self.ffts:
+            window = getattr(self, f"window_{n}")
+            a, b = (
+                torch.stft(v, n, n // 4, window=window, center=True, return_complex=True).abs()
+                for v in (y, x)
+            )
+            total = total + torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp(min=LOG_FLOOR)
+            total = total + F.l1_loss(
+                torch.log(a.clamp(min=LOG_FLOOR)), torch.log(b.clamp(min=LOG_FLOOR))
+            )
+        return total / len(self.ffts)
 
 
 def mel_distance(estimate: torch.Tensor, target: torch.Tensor, sample_rate: int) -> torch.Tensor:

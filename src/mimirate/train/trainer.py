@@ -59,6 +59,7 @@ from mimirate.train import checkpoint
 from mimirate.train.data import Augmentation, Clip, CropSampler
 from mimirate.train.discriminator import MultiScaleSTFTDiscriminator
 from mimirate.train.losses import (
+    MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
     energy_ratio,
     feature_matching_loss,
@@ -101,6 +102,8 @@ class TrainConfig:
     quantize_probability: float = 0.5
     per_frame_probability: float = 0.5
     mel_weight: float = 1.0
+    #: Weight of the multi-resolution linear-STFT loss (0: off, the recipe's default).
+    stft_weight: float = 0.0
     waveform_weight: float = 0.1
     commitment_weight: float = 1.0
     latent_scale_weight: float = 1.0
@@ -134,6 +137,8 @@ class TrainConfig:
             raise ConfigError(f"decay start {self.decay_start} must be in 0..steps ({self.steps})")
         if not 0.0 <= self.decay_floor <= 1.0:
             raise ConfigError(f"decay floor must be in [0, 1], not {self.decay_floor}")
+        if self.stft_weight < 0:
+            raise ConfigError(f"STFT loss weight must be >= 0, not {self.stft_weight}")
         if self.adversarial_ramp < 0:
             raise ConfigError(f"adversarial ramp must be >= 0 steps, not {self.adversarial_ramp}")
         if self.adversarial_loss not in ("hinge", "lsgan"):
@@ -158,6 +163,7 @@ class StepResult:
     step: int
     loss: float
     mel: float
+    stft: float
     waveform: float
     commitment: float
     latent_rms: float
@@ -244,6 +250,7 @@ class Trainer:
             self.disc.parameters(), lr=config.disc_lr, betas=config.betas, weight_decay=0.0
         )
         self.mel_loss = MultiScaleMelLoss(self.model_config.sample_rate).to(self.device)
+        self.stft_loss = MultiResolutionSTFTLoss().to(self.device)
         segment = round(config.segment_seconds * self.model_config.sample_rate)
         augmentation = Augmentation(config.gain_db, config.noise_probability, config.noise_snr_db)
         self.sampler = CropSampler(clips, segment, config.batch_size, config.seed, augmentation)
@@ -371,6 +378,7 @@ class Trainer:
             out = self.model(x, levels=levels, quantize=quantize)
         y = out.audio.float()
         mel = self.mel_loss(y, x)
+        stft = self.stft_loss(y, x) if cfg.stft_weight > 0 else torch.zeros((), device=self.device)
         wave = F.l1_loss(y, x)
         commit = out.commitment_loss.float()
         scale = (
@@ -383,6 +391,7 @@ class Trainer:
         commit_weight = cfg.commitment_weight if quantizing else 0.0
         loss = (
             cfg.mel_weight * mel
+            + cfg.stft_weight * stft
             + cfg.waveform_weight * wave
             + commit_weight * commit
             + cfg.latent_scale_weight * scale
@@ -433,6 +442,7 @@ class Trainer:
             step=self.step,
             loss=float(loss.detach()),
             mel=float(mel.detach()),
+            stft=float(stft.detach()),
             waveform=float(wave.detach()),
             commitment=float(commit.detach()),
             latent_rms=rms,
