@@ -87,10 +87,11 @@ NADA instead and reacts to the queuing delay itself, sample by sample:
   10 % 11.22 -> 11.43; over every trace of the three folders QoE within +-0.1 and the
   p95 of all packets' queuing on HSDPA and FCC 134 / 103 -> 128 / 99 and 135 / 127 -> 117
   / 122 ms.
-  Blocking for every path lost 0.7 / 0.4 on Mahimahi; letting the budget grow during the
-  hold made the next probe jump further (4 kbit/s: 9.46, and -0.15 on the traces).
-  Reverting a probe as soon as its queue grows, before congestion is certain, helped the 3
-  kbit/s link (2.09 -> 2.70) but cost 0.05-0.1 on the traces.)
+  Blocking on every path lost 0.7 / 0.4 on Mahimahi; letting the budget grow during the
+  hold, so that the next probe jumps further, lost 0.1 on the benchmark's mean (4 kbit/s
+  alike, 9.46); reverting a probe as soon as its queue grows, before congestion is certain,
+  helped the 3 kbit/s link (2.09 -> 2.70) but lost 0.05 on the benchmark's traces and 0.15
+  held out.)
 - loss without queuing delay is not congestion (radio loss would otherwise starve the
   stream): it is smoothed into a loss estimate (a bias-corrected exponential average, so
   that it reads the first packets' loss rate whole) that buys redundancy.
