@@ -94,7 +94,7 @@ class MultiResolutionSTFTLoss(nn.Module):
     """Mean over FFT sizes of spectral convergence plus L1 on log magnitude, on the linear
     frequency scale (Parallel WaveGAN's auxiliary loss).
 
-    The mel loss pools a 2048-point spectrum into 64 bands, 140 Hz wide at 2 kHz and wider
+    The mel loss pools a 2048-point spectrum into 64 bands, 120 Hz wide at 2 kHz and wider
     above, so there it cannot see whether a voice's harmonics are resolved; 1025 linear
     bins can. Spectral convergence (``||S_y| - |S_x||_F / ||S_x||_F``) weighs the loud parts,
     the log term the quiet ones. Off in the recipe: at weight 1 over 8000 CPU steps it
