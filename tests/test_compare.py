@@ -81,6 +81,32 @@ def test_the_cli_prints_a_table_and_json(
     assert {d["metric"] for d in doc["differences"]} == {"pesq_wb", "mel_distance", "visqol"}
 
 
+def test_two_points_of_one_run_are_paired_by_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _doc(
+        [
+            ("codec2-1200", "a.flac", {"stoi": 0.80}),
+            ("codec2-1200", "b.flac", {"stoi": 0.70}),
+            ("codec2-1200", "c.flac", {"stoi": 0.75}),
+            ("mimi-8", "a.flac", {"stoi": 0.85}),
+            ("mimi-8", "b.flac", {"stoi": 0.74}),
+        ]
+    )
+    rows = read_eval_json(_write(tmp_path / "run.json", run))
+    (r,) = compare_runs(rows, rows, pairs=[("codec2-1200", "mimi-8")])
+    assert (r.base_point, r.point, r.metric) == ("codec2-1200", "mimi-8", "stoi")
+    assert r.difference.n == 2 and r.difference.mean == pytest.approx(0.045)
+    assert (r.base, r.new) == pytest.approx((0.75, 0.795))  # c.flac has no mimi-8 score
+    with pytest.raises(ConfigError, match="no point 'opus-6' in the new run"):
+        compare_runs(rows, rows, pairs=[("mimi-8", "opus-6")])
+    path = str(tmp_path / "run.json")
+    assert main(["compare", path, path, "--pair", "codec2-1200:mimi-8"]) == 0
+    assert "codec2-1200 -> mimi-8" in capsys.readouterr().out
+    assert main(["compare", path, path, "--pair", "mimi-8"]) == 2
+    assert "BASE_POINT:NEW_POINT" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -107,7 +133,7 @@ def test_unreadable_or_unrelated_runs_are_clear_errors(
         read_eval_json(tmp_path / "missing.json")
     a = read_eval_json(_write(tmp_path / "a.json", _doc([("p", "x", {"stoi": 0.5})])))
     b = read_eval_json(_write(tmp_path / "b.json", _doc([("p", "y", {"stoi": 0.5})])))
-    with pytest.raises(ConfigError, match="share no file"):
+    with pytest.raises(ConfigError, match="share no scored file"):
         compare_runs(a, b)
     with pytest.raises(ConfigError, match="confidence"):
         compare_runs(a, a, confidence=1.5)

@@ -7,7 +7,8 @@ between two checkpoints about +-0.04. So a comparison takes each file's score un
 runs, and reports the mean of the differences with its t interval
 (:func:`mimirate.evaluation.metrics.mean_ci`), per point (codec setting) and metric. Files
 and points are matched by name; a value missing (NaN or absent) in either run leaves that
-file out of that metric.
+file out of that metric. Points are compared with their namesakes, or as paired explicitly
+(``pairs``): two codecs scored in one run, say ``codec2-1200`` against ``mimi-8``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ MAX_BYTES = 256 << 20
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """One metric at one point: the runs' means over the shared files and the mean of
-    their per-file differences (``new - base``) with its confidence interval."""
+    """One metric at one point (``base_point`` in the base run): the runs' means over the
+    shared files and the mean of their per-file differences (``new - base``) with its
+    confidence interval."""
 
+    base_point: str
     point: str
     metric: str
     higher_is_better: bool
@@ -51,6 +54,7 @@ class PairedDifference:
     def to_dict(self) -> dict[str, Any]:
         d = self.difference
         return {
+            "base_point": self.base_point,
             "point": self.point,
             "metric": self.metric,
             "files": d.n,
@@ -111,30 +115,40 @@ def compare_runs(
     base: Mapping[tuple[str, str], Mapping[str, Any]],
     new: Mapping[tuple[str, str], Mapping[str, Any]],
     *,
+    pairs: Sequence[tuple[str, str]] | None = None,
     metrics: Sequence[MetricInfo] = METRICS,
     confidence: float = 0.95,
 ) -> list[PairedDifference]:
-    """Per point both runs scored and per metric, the paired difference ``new - base``.
+    """Per pair of points (base, new: by default every point both runs scored, with itself)
+    and per metric, the paired difference ``new - base`` over the files both scored.
 
     Raises:
-        ConfigError: the runs share no (point, file), or ``confidence`` is not in (0, 1).
+        ConfigError: a pair names a point its run lacks, the runs share no file at any
+            pair, or ``confidence`` is not in (0, 1).
     """
-    shared = [k for k in base if k in new]
-    if not shared:
-        raise ConfigError("the two runs share no file at any point: nothing to compare")
+    base_points = list(dict.fromkeys(k[0] for k in base))  # in the base run's order
+    new_points = set(k[0] for k in new)
+    if pairs is None:
+        pairs = [(p, p) for p in base_points if p in new_points]
+    for b, n in pairs:
+        for point, have, which in ((b, base_points, "base"), (n, new_points, "new")):
+            if point not in have:
+                known = ", ".join(sorted(have))
+                raise ConfigError(f"no point {point!r} in the {which} run (it has {known})")
     out = []
-    for point in dict.fromkeys(k[0] for k in shared):  # in the base run's order
-        keys = [k for k in shared if k[0] == point]
+    for b_point, n_point in pairs:
+        files = [f for p, f in base if p == b_point and (n_point, f) in new]
         for m in metrics:
-            a = np.array([_score(base[k], m.name) for k in keys])
-            b = np.array([_score(new[k], m.name) for k in keys])
+            a = np.array([_score(base[b_point, f], m.name) for f in files])
+            b = np.array([_score(new[n_point, f], m.name) for f in files])
             ok = np.isfinite(a) & np.isfinite(b)
             if not ok.any():
                 continue
             diff = mean_ci(b[ok] - a[ok], confidence)
             out.append(
                 PairedDifference(
-                    point,
+                    b_point,
+                    n_point,
                     m.name,
                     m.higher_is_better,
                     float(a[ok].mean()),
@@ -142,4 +156,6 @@ def compare_runs(
                     diff,
                 )
             )
+    if not out:
+        raise ConfigError("the two runs share no scored file at any point: nothing to compare")
     return out
