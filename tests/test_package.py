@@ -58,3 +58,19 @@ def test_packaged_small_is_under_size_budget() -> None:
     if not (directory / "manifest.json").is_file():
         pytest.fail("the default model's packaged weights are missing from mimirate/assets/small")
     assert sum(p.stat().st_size for p in directory.iterdir()) < 40 * 10**6
+
+
+def test_the_committed_eval_baseline_is_of_the_packaged_weights() -> None:
+    """training/eval-small-HASH.json is what `mimirate compare` measures new checkpoints
+    against: repackaging the model without re-running it leaves a stale baseline."""
+    import json
+
+    from mimirate.evaluation.compare import read_eval_json
+    from mimirate.models.loading import ASSETS_DIR
+
+    weights_hash = json.loads((ASSETS_DIR / "small" / "manifest.json").read_text())["weights_hash"]
+    training = Path(__file__).resolve().parents[1] / "training"
+    baselines = sorted(training.glob("eval-small-*.json"))
+    assert [p.name for p in baselines] == [f"eval-small-{weights_hash}.json"]
+    rows = read_eval_json(baselines[0])
+    assert {p for p, _ in rows} >= {"mimi-8", "mimi-32"} and len(rows) >= 100
