@@ -37,10 +37,44 @@ def test_linear_takes_strided_input_and_backpropagates() -> None:
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-5, atol=1e-4)
 
 
-def test_large_linear_is_torch_bit_for_bit() -> None:
+def test_large_linear_is_torch_bit_for_bit_without_onednn(monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", None)
     x = torch.randn(3, 40, 64)
     w = torch.randn(48, 64)
     assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a oneDNN build")
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_runs_through_onednn_and_matches_torch(bias: bool) -> None:
+    assert kernels._ONEDNN_LINEAR is not None  # this build has the operator
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(250, 2048, generator=g)
+    w = torch.randn(512, 2048, generator=g) / 45
+    b = torch.randn(512, generator=g) if bias else None
+    with torch.no_grad():
+        y = kernels.dense(x, w, b)
+    ref = F.linear(x, w, b)
+    assert y.shape == ref.shape and y.is_contiguous()
+    assert not torch.equal(y, ref)  # another summation order: oneDNN ran, not BLAS
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_under_autograd_is_f_linear_and_backpropagates() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 96, generator=g, requires_grad=True)
+    w = torch.randn(32, 96, generator=g, requires_grad=True)
+    y = kernels.dense(x, w)
+    assert torch.equal(y, F.linear(x, w))
+    y.square().sum().backward()
+    assert x.grad is not None and w.grad is not None
+
+
+def test_onednn_gemm_can_be_turned_off() -> None:
+    code = "from mimirate.models import kernels; print(kernels._ONEDNN_LINEAR is None)"
+    env = {**os.environ, "MIMIRATE_ONEDNN_GEMM": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr
 
 
 @pytest.mark.parametrize(

@@ -221,7 +221,11 @@ class StreamingConvTranspose1d(nn.Module):
         else:
             # Time-major product, so that the copy into [B, C_out, T, S] moves runs of S
             # contiguous values (channel-major, it moved single values: 2x slower offline).
-            z = torch.matmul(x.transpose(1, 2), flat)
+            rows = x.transpose(1, 2).reshape(B * T, c_in)
+            if flat.t().is_contiguous():
+                z = kernels.dense(rows, flat.t()).view(B, T, c_out * kernel)
+            else:
+                z = torch.matmul(rows, flat).view(B, T, c_out * kernel)
         z = z.view(B, T, c_out, 2, S).permute(0, 2, 1, 3, 4)  # [B, C_out, T, 2, S]
         first, second = z[:, :, :, 0], z[:, :, :, 1]
         head = first[:, :, :1] + state.partial[:, :, None]
