@@ -1,5 +1,6 @@
 """Invented timelines fed to the controller, with its exact decisions."""
 
+import itertools
 import math
 
 import pytest
@@ -355,6 +356,37 @@ def test_rate_resumes_after_a_stall(options):
     # RESUME_FRACTION of what it was (same instant: no growth on top).
     c.update(Feedback(arrivals([1]), 1, 0), t + 3 * C.DECREASE_GAP_MS)
     assert c.rate_bps == pytest.approx(C.RESUME_FRACTION * r0)
+
+
+def test_probes_into_an_outage_back_off_until_the_newest_is_answered(options):
+    c = AdaptiveController(options, start_rate_bps=8000.0)
+    c.on_sent(0, 0.0, 100)
+    c.update(Feedback(arrivals([0]), 0, 0), 100.0)  # acks take 100 ms
+    c.on_sent(1, 200.0, 100)
+    t = stall_time(c, 200.0, 100.0, 100.0) + 10.0
+    assert t - 200.0 >= C.STALL_PROBE_MS  # the first probe goes as the stall is seen
+    # A decision every 80 ms frame; a probe whenever the wait since the last packet has
+    # passed: STALL_PROBE_MS, then twice as long after each unanswered probe, at most
+    # STALL_PROBE_MAX_MS (1000, 2000, 4000, 4000 ms; 1000 lands on the next frame, 1040).
+    probes, seq = [], 2
+    for k in range(150):
+        now = t + 80.0 * k
+        d = c.update(None, now)
+        if not d.pause:
+            # The probe: this one frame, alone, without redundancy.
+            assert (d.frames_per_packet, d.redundancy) == (1, 0)
+            probes.append(now)
+            c.on_sent(seq, now, 60)
+            seq += 1
+    assert probes[0] == t
+    assert [b - a for a, b in itertools.pairwise(probes)] == [1040.0, 2000.0, 4000.0, 4000.0]
+    # An old packet trickling out of the queue answers nothing: the wait stays 4 s ...
+    last = probes[-1]
+    c.update(Feedback((PacketArrival(1, 200.0, last + 100.0, 100),), 1, 0), last + 150.0)
+    assert c.update(None, last + 2000.0).pause
+    # ... the newest one's arrival does: the next probe goes STALL_PROBE_MS after it.
+    c.update(Feedback((PacketArrival(seq - 1, last, last + 900.0, 60),), seq - 1, 0), last + 950.0)
+    assert c._unanswered_probes == 0
 
 
 def test_growth_past_the_last_congestion_is_additive(options):

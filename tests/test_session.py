@@ -106,7 +106,7 @@ def test_adaptive_sender_pauses_in_an_outage_and_probes() -> None:
     mon = ReceiveMonitor()
     outage_ms = 2000.0  # packets sent from then on never arrive, nor do reports
     sent_at, next_report = [], 100.0
-    for i in range(75):
+    for i in range(125):
         now = i * 80.0
         while next_report <= now and next_report < outage_ms:
             s.on_report(mon.report(next_report), next_report)
@@ -120,11 +120,15 @@ def test_adaptive_sender_pauses_in_an_outage_and_probes() -> None:
                 assert isinstance(packet, MediaPacket)
                 mon.on_packet(packet, now + 30.0, len(data))
     # Once the oldest packet has waited far longer than acknowledgements took, the path is
-    # stalled: frames are dropped unsent, but for a probe every 500 ms or so (50 frames
-    # fall in the outage: about 6 go out before the stall shows, 7 as probes).
-    assert s.paused_frames >= 25
-    gaps = np.diff([t for t in sent_at if t >= outage_ms + 1000.0])
-    assert len(gaps) >= 3 and gaps.min() >= 480.0
+    # stalled: frames are dropped unsent, but for probes, 500 ms or so after the last
+    # packet and twice as long after each unanswered one, at most 4 s (100 frames fall in
+    # the outage: 3 packets go before the stall shows, then probes 560, 1040, 2000, 4000 ms apart).
+    probes = [t for t in sent_at if t >= outage_ms + 500.0]
+    gaps = np.diff([max(t for t in sent_at if t < probes[0]), *probes])
+    # (The first when the stall shows, past 500 ms; then 1 s on the 80 ms grid: 1040.)
+    assert gaps.tolist() == [560.0, 1040.0, 2000.0, 4000.0]
+    # Of the 100 frames from the outage on, 5 went in 3 packets and 4 as probes.
+    assert len(probes) == 4 and s.paused_frames == 100 - 5 - 4
 
 
 def test_sequence_numbers_wrap_and_monitor_unwraps() -> None:
