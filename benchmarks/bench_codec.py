@@ -7,7 +7,9 @@ audio and the same random weights (official ``mimi`` config; ours also ``small``
   compared with moshi's frame by frame;
 - offline encode and decode of ``--seconds`` of audio, x real time (all three; best of
   3 runs, after one untimed run);
-- peak RSS while streaming (after loading), and of the whole process.
+- peak RSS while streaming (after loading), and of the whole process;
+- ours again with ``decoder_dtype=torch.bfloat16``: its codes against moshi's, its
+  decoded audio's SNR against our float32 decoder's.
 
     .venv/bin/python benchmarks/bench_codec.py [--seconds 10] [--threads 2] [--json]
 
@@ -101,10 +103,14 @@ def _worker(impl: str, preset: str, ckpt: str, seconds: float, threads: int) -> 
     # no_grad, not inference_mode: weights loaded under inference_mode become
     # inference tensors, which our codebook cache cannot version-check.
     with torch.no_grad():
-        if impl == "ours":
+        if impl in ("ours", "ours-bf16-decoder"):
             from mimirate.models.loading import load_codec
 
-            codec = load_codec(path=ckpt) if ckpt else load_codec(preset, random_init=True)
+            dec_dtype = torch.bfloat16 if impl == "ours-bf16-decoder" else torch.float32
+            if ckpt:
+                codec = load_codec(path=ckpt, decoder_dtype=dec_dtype)
+            else:
+                codec = load_codec(preset, random_init=True, decoder_dtype=dec_dtype)
             enc_s, dec_s = codec.stream_encoder(), codec.stream_decoder()
             _reset_peak_rss()
             for t in tqdm(range(frames), desc=f"{impl}/{preset} stream", leave=False):
@@ -117,6 +123,7 @@ def _worker(impl: str, preset: str, ckpt: str, seconds: float, threads: int) -> 
             c = codec.encode(audio).codes
             enc_t = _best(lambda: codec.encode(audio))
             dec_t = _best(lambda: codec.decode(c))
+            decoded = codec.decode(c)
         elif impl == "moshi":
             from moshi.models.loaders import get_mimi
 
@@ -152,6 +159,8 @@ def _worker(impl: str, preset: str, ckpt: str, seconds: float, threads: int) -> 
             "stream_peak_rss_mb": stream_rss_mb,
         }
         out["codes"] = codes
+    if impl.startswith("ours"):
+        out["decoded"] = decoded[::8].tolist()  # every 8th sample: enough for an SNR
     out["peak_rss_mb"] = rss_mb
     return out
 
@@ -272,6 +281,7 @@ def main() -> int:
             ("moshi", "mimi", ckpt),
             ("transformers", "mimi", ckpt),
             ("ours", "small", "-"),
+            ("ours-bf16-decoder", "mimi", ckpt),
         ]
         results = []
         for impl, preset, path in runs:
@@ -279,12 +289,20 @@ def main() -> int:
             cmd += ["--seconds", str(args.seconds), "--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    ours, moshi = results[0], results[1]
-    agree = float(np.mean(np.array(ours.pop("codes")) == np.array(moshi.pop("codes"))))
+    ours, moshi, half = results[0], results[1], results[4]
+    moshi_codes = np.array(moshi.pop("codes"))
+    agree = float(np.mean(np.array(ours.pop("codes")) == moshi_codes))
+    half_agree = float(np.mean(np.array(half.pop("codes")) == moshi_codes))
+    full, approx = np.array(ours.pop("decoded")), np.array(half.pop("decoded"))
     results[3].pop("codes", None)
+    results[3].pop("decoded", None)
     summary = {
         "results": results,
         "stream_code_agreement_vs_moshi": agree,
+        # decoder_dtype=bfloat16: codes (the encoder is float32) and the decoded audio's
+        # SNR against float32's (random weights: indicative only).
+        "bf16_decoder_code_agreement_vs_moshi": half_agree,
+        "bf16_decoder_snr_db": float(10 * np.log10(np.sum(full**2) / np.sum((full - approx) ** 2))),
         "stream_median_speedup_vs_moshi": moshi["step_median_ms"] / ours["step_median_ms"],
         "encode_speedup_vs_moshi": ours["encode_xrt"] / moshi["encode_xrt"],
         "decode_speedup_vs_moshi": ours["decode_xrt"] / moshi["decode_xrt"],

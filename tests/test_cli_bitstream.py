@@ -67,6 +67,12 @@ def test_encode_info_truncate_decode(clips, tmp_path, capsys):
     assert (got["seconds"], got["frames"], got["levels"], got["mean_levels"]) == (1.0, 13, 3, 3.0)
     audio, rate = sf.read(wav)
     assert rate == 24_000 and audio.shape == (24_000,)
+    # The decoder in bfloat16: the same file decodes to nearly the same audio.
+    half = tmp_path / "half.wav"
+    assert run(capsys, "decode", b, half, "--random-init", "--bf16-decoder")[0] == 0
+    approx, _ = sf.read(half)
+    assert not np.array_equal(approx, audio)
+    assert 10 * np.log10(np.sum(audio**2) / np.sum((audio - approx) ** 2)) > 20.0
 
     # A download still arriving: decode the levels present (here level 1 of every frame).
     part = tmp_path / "part.mimi"

@@ -8,7 +8,7 @@ import torch
 
 from mimirate.codec import Codec, StreamDecoder, StreamEncoder
 from mimirate.config import TINY
-from mimirate.errors import AudioError, FormatError
+from mimirate.errors import AudioError, ConfigError, FormatError
 from mimirate.models.mimi import MimiModel
 from mimirate.models.neural_codec import MimiCodec
 
@@ -204,3 +204,41 @@ def test_folded_codebooks_give_the_same_codes_in_half_the_memory(codec: MimiCode
     book = q.rvq_first.codebook(0)
     with pytest.raises(RuntimeError, match="folded for inference"):
         book.update(torch.zeros(4, book.dim), torch.zeros(4, dtype=torch.long), torch.ones(4))
+
+
+def _tiny_codec(**dtypes: torch.dtype) -> MimiCodec:
+    torch.manual_seed(0)
+    model = MimiModel(TINY)
+    with torch.no_grad():
+        for rvq in (model.quantizer.rvq_first, model.quantizer.rvq_rest):
+            for j in range(rvq.n_levels):
+                rvq.codebook(j).embedding_sum.normal_(0, 0.1)
+    return MimiCodec(model, TINY, b"\x01" * 8, **dtypes)
+
+
+def test_a_bfloat16_decoder_keeps_the_codes_and_is_close_to_float32(codec: MimiCodec) -> None:
+    half = _tiny_codec(decoder_dtype=torch.bfloat16)
+    assert next(half.model.decoder.parameters()).dtype == torch.bfloat16
+    assert next(half.model.encoder.parameters()).dtype == torch.float32
+    assert next(half.model.quantizer.parameters()).dtype == torch.float32
+    a = _audio(2, 6 * FS)
+    enc, enc_half = codec.encode(a), half.encode(a)
+    assert np.array_equal(enc.codes, enc_half.codes)  # the encoder is float32: same codes
+    full, approx = codec.decode(enc.codes), half.decode(enc.codes)
+    assert approx.dtype == np.float32
+    snr = 10 * np.log10(np.sum(full**2) / np.sum((full - approx) ** 2))
+    assert 20.0 < snr < 80.0  # bfloat16: close, not equal (24 dB on these random weights)
+    # The stream decoder is bfloat16 too (equal to offline to bfloat16's rounding only:
+    # frame by frame, the products are summed in another order).
+    d = half.stream_decoder()
+    streamed = np.concatenate([d.push(enc.codes[..., t : t + 1]) for t in range(6)], axis=-1)
+    assert not np.array_equal(streamed, full)
+    assert 10 * np.log10(np.sum(full**2) / np.sum((full - streamed) ** 2)) > 20.0
+
+
+def test_a_bfloat16_encoder_runs_and_a_bad_dtype_is_a_config_error() -> None:
+    half = _tiny_codec(encoder_dtype=torch.bfloat16, decoder_dtype=torch.bfloat16)
+    enc = half.encode(_audio(3 * FS))
+    assert enc.codes.shape == (32, 3) and half.decode(enc.codes).shape == (3 * FS,)
+    with pytest.raises(ConfigError, match="float32, bfloat16 or float16"):
+        _tiny_codec(decoder_dtype=torch.int8)

@@ -18,6 +18,13 @@ from typing import Any
 from mimirate import __version__
 from mimirate.errors import MimirateError
 
+#: ``--bf16-decoder`` of the commands that decode.
+BF16_DECODER_HELP = (
+    "compute the decoder in bfloat16 (codes are unaffected): its weights take half the "
+    "memory, and offline decoding is faster on CPUs with AVX-512 BF16; the audio is ~40 dB "
+    "SNR from float32's"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

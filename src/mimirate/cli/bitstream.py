@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mimirate.cli import BF16_DECODER_HELP
 from mimirate.config import DEFAULT_MODEL
 from mimirate.errors import ConfigError, FormatError
 
@@ -51,15 +52,16 @@ def _add_table_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_codec(model: str, random_init: bool, seed: int) -> Codec:
+def _load_codec(model: str, random_init: bool, seed: int, bf16_decoder: bool = False) -> Codec:
     import torch
 
     from mimirate import load_codec
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    dtype = torch.bfloat16 if bf16_decoder else torch.float32
     if random_init:
-        return load_codec(model, random_init=True, seed=seed)
-    return load_codec(model)
+        return load_codec(model, random_init=True, seed=seed, decoder_dtype=dtype)
+    return load_codec(model, decoder_dtype=dtype)
 
 
 def _table(path: str | None, model: str, weights_hash: bytes, table_id: bytes | None = None):
@@ -257,7 +259,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.levels is not None:
         mf = mf.truncate(args.levels)
     model = args.model or mf.model
-    codec = _load_codec(model, args.random_init, args.seed)
+    codec = _load_codec(model, args.random_init, args.seed, args.bf16_decoder)
     if codec.weights_hash != mf.weights_hash:
         raise FormatError(
             f"{args.input} was made by model {mf.model!r} with weights {mf.weights_hash.hex()}, "
@@ -487,6 +489,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept a file that is still arriving: decode the levels present",
     )
+    p.add_argument("--bf16-decoder", action="store_true", help=BF16_DECODER_HELP)
     _add_table_arg(p)
     _add_model_args(p, default=None)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from mimirate.cli import BF16_DECODER_HELP
 from mimirate.config import DEFAULT_MODEL
 
 
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
         help="seeded random weights for the preset (tests only: the sound means nothing)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--bf16-decoder", action="store_true", help=BF16_DECODER_HELP)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
 
@@ -50,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from mimirate.errors import ConfigError
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    dtype = torch.bfloat16 if args.bf16_decoder else torch.float32
     if args.random_init:
-        codec = load_codec(args.model, random_init=True, seed=args.seed)
+        codec = load_codec(args.model, random_init=True, seed=args.seed, decoder_dtype=dtype)
     else:
-        codec = load_codec(args.model)
+        codec = load_codec(args.model, decoder_dtype=dtype)
     if not 1 <= args.levels <= codec.num_levels:
         raise ConfigError(f"--levels must be in 1..{codec.num_levels}, got {args.levels}")
     audio = read_audio(args.input, codec.sample_rate)

@@ -29,6 +29,7 @@ from mimirate.models.conv import (
 )
 from mimirate.models.quantization import SplitResidualVectorQuantizer
 from mimirate.models.seanet import SEANetDecoder, SEANetEncoder
+from mimirate.models.streaming import param_like
 from mimirate.models.transformer import LatentTransformer, TransformerState
 
 #: Frames per step of the offline ``encode``/``decode``: 10 s, the transformers' context,
@@ -133,6 +134,28 @@ class MimiModel(nn.Module):
                 if isinstance(module, StreamingConvTranspose1d):
                     module.fold_for_inference()
 
+    @torch.no_grad()
+    def set_inference_dtype(
+        self, encoder: torch.dtype = torch.float32, decoder: torch.dtype = torch.float32
+    ) -> None:
+        """Compute the encoder's half (SEANet, transformer, downsampling) in ``encoder`` and
+        the decoder's half in ``decoder``; the quantizer stays float32, so its nearest-
+        centroid search does not round. Audio goes in as ``encoder``, comes out as
+        ``decoder``. A bfloat16 decoder leaves the codes exact and halves its weights; a
+        bfloat16 encoder changes codes (the README gives both measurements)."""
+        for dtype in (encoder, decoder):
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(f"a codec computes in float32, bfloat16 or float16, not {dtype}")
+        for module in (self.encoder, self.encoder_transformer, self.downsample):
+            module.to(encoder)
+        for module in (self.upsample, self.decoder_transformer, self.decoder):
+            module.to(decoder)
+        self.quantizer.float()
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        return param_like(self.encoder).dtype
+
     @property
     def num_levels(self) -> int:
         return self.config.quantizer.n_q
@@ -174,7 +197,9 @@ class MimiModel(nn.Module):
         Returns codes ``[B, n_q, n]`` and their latent error; ``state`` advances in place.
         """
         latent = self.encode_latent_step(x, state)
-        q = self.quantizer.encode(latent, n_q)
+        # The quantizer may run in another dtype than the rest (set_inference_dtype); the
+        # casts are no-ops when they agree.
+        q = self.quantizer.encode(latent.to(param_like(self.quantizer).dtype), n_q)
         return EncodeResult(q.codes, q.latent_error)
 
     def decode_latent_step(self, latent: torch.Tensor, state: DecoderState) -> torch.Tensor:
@@ -194,7 +219,8 @@ class MimiModel(nn.Module):
         """
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_levels:
             raise ValueError(f"expected codes [B, 1..{self.num_levels}, T], got {codes.shape}")
-        return self.decode_latent_step(self.quantizer.decode(codes, levels), state)
+        latent = self.quantizer.decode(codes, levels)
+        return self.decode_latent_step(latent.to(param_like(self.upsample).dtype), state)
 
     # -- offline = streaming from a fresh state -----------------------------------------
 

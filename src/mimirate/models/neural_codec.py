@@ -17,7 +17,7 @@ import torch
 
 from mimirate.codec import Encoded
 from mimirate.config import MimiConfig
-from mimirate.errors import AudioError, FormatError
+from mimirate.errors import AudioError, ConfigError, FormatError
 from mimirate.models.mimi import DecoderState, EncoderState, MimiModel
 from mimirate.models.streaming import (
     batch_size_of,
@@ -53,11 +53,22 @@ class MimiCodec:
     """
 
     def __init__(
-        self, model: MimiModel, config: MimiConfig, weights_hash: bytes, device: str = "cpu"
+        self,
+        model: MimiModel,
+        config: MimiConfig,
+        weights_hash: bytes,
+        device: str = "cpu",
+        encoder_dtype: torch.dtype = torch.float32,
+        decoder_dtype: torch.dtype = torch.float32,
     ) -> None:
         if len(weights_hash) != 8:
             raise ValueError("weights_hash must be 8 bytes")
         self.model = model.to(device).eval()
+        try:
+            self.model.set_inference_dtype(encoder_dtype, decoder_dtype)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.encoder_dtype, self.decoder_dtype = encoder_dtype, decoder_dtype
         self.model.fold_for_inference()
         self.config = config
         self.device = torch.device(device)
@@ -112,7 +123,7 @@ class MimiCodec:
 
     def _encode_frames(self, frames: np.ndarray, n_q: int, state: EncoderState) -> Encoded:
         """``frames [B, n * frame_size]`` -> torch step -> NumPy ``[B, K, n]``."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, self.encoder_dtype)
         with torch.inference_mode():
             r = self.model.encode_step(x[:, None, :], state, n_q)
         codes = r.codes.to(torch.int32).cpu().numpy().astype(np.uint16)
@@ -143,7 +154,7 @@ class MimiCodec:
         padded = np.zeros((B, T * self.frame_size), np.float32)
         padded[:, :N] = a.reshape(B, N)
         with torch.inference_mode():
-            x = torch.from_numpy(padded).to(self.device)[:, None, :]
+            x = torch.from_numpy(padded).to(self.device, self.encoder_dtype)[:, None, :]
             r = self.model.encode(x, n_q)
         codes = r.codes.to(torch.int32).cpu().numpy().astype(np.uint16)
         err = r.latent_error.float().cpu().numpy()
