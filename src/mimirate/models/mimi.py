@@ -153,10 +153,6 @@ class MimiModel(nn.Module):
         self.quantizer.float()
 
     @property
-    def encoder_dtype(self) -> torch.dtype:
-        return param_like(self.encoder).dtype
-
-    @property
     def num_levels(self) -> int:
         return self.config.quantizer.n_q
 

@@ -139,7 +139,7 @@ packet's arrival answers; old ones trickling out of a deep queue do not), up to
 :data:`STALL_PROBE_MAX_MS`, as TCP's persist timer backs off. Every probe sent into an outage
 waits in the queue for all of it; at a fixed 500 ms they were most of the packets sent in
 the long outages of the Mahimahi traces, and the p95 queuing delay there was theirs
-(benchmark's Mahimahi rows: 701 / 1750 -> 380 / 266 ms at 0 / 10 % loss; over every trace
+(benchmark's Mahimahi rows: 701 / 1750 -> 375 / 285 ms at 0 / 10 % loss; over every trace
 of the three folders QoE moved by 0.07 or less). When
 acknowledgements come back on an empty queue, the rate resumes at
 :data:`RESUME_FRACTION` of the rate before the stall (capacity after a cellular outage
@@ -219,7 +219,7 @@ SWITCH_MARGIN = 0.5
 #: before the path counts as stalled (an outage): more than two report intervals, so
 #: that two lost reports in a row (1% of the time at 10% loss) are not taken for one.
 STALL_MARGIN_MS = 350.0
-#: While paused, a probe (one frame alone, at 1 level) goes out this long after the last
+#: While paused, a probe (one frame alone, no redundancy) goes out this long after the last
 #: packet to find out when the path is back; the wait doubles with every probe no report
 #: has answered since, up to STALL_PROBE_MAX_MS.
 STALL_PROBE_MS = 500.0
