@@ -23,15 +23,19 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def codec() -> MimiCodec:
+def _tiny_codec(**dtypes: torch.dtype) -> MimiCodec:
     torch.manual_seed(0)
     model = MimiModel(TINY)
     with torch.no_grad():
         for rvq in (model.quantizer.rvq_first, model.quantizer.rvq_rest):
             for j in range(rvq.n_levels):
                 rvq.codebook(j).embedding_sum.normal_(0, 0.1)
-    return MimiCodec(model, TINY, b"\x01" * 8)
+    return MimiCodec(model, TINY, b"\x01" * 8, **dtypes)
+
+
+@pytest.fixture(scope="module")
+def codec() -> MimiCodec:
+    return _tiny_codec()
 
 
 def _audio(*shape: int) -> np.ndarray:
@@ -204,16 +208,6 @@ def test_folded_codebooks_give_the_same_codes_in_half_the_memory(codec: MimiCode
     book = q.rvq_first.codebook(0)
     with pytest.raises(RuntimeError, match="folded for inference"):
         book.update(torch.zeros(4, book.dim), torch.zeros(4, dtype=torch.long), torch.ones(4))
-
-
-def _tiny_codec(**dtypes: torch.dtype) -> MimiCodec:
-    torch.manual_seed(0)
-    model = MimiModel(TINY)
-    with torch.no_grad():
-        for rvq in (model.quantizer.rvq_first, model.quantizer.rvq_rest):
-            for j in range(rvq.n_levels):
-                rvq.codebook(j).embedding_sum.normal_(0, 0.1)
-    return MimiCodec(model, TINY, b"\x01" * 8, **dtypes)
 
 
 def test_a_bfloat16_decoder_keeps_the_codes_and_is_close_to_float32(codec: MimiCodec) -> None:
