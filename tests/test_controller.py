@@ -125,6 +125,24 @@ def test_random_loss_buys_redundancy_not_a_lower_rate(options):
     assert d.redundancy > 0
 
 
+@pytest.mark.parametrize(("owd", "protected"), [(50.0, True), (330.0, False)])
+def test_protection_is_required_only_where_a_copy_can_arrive_in_time(options, owd, protected):
+    # 10 % loss measured. With 50 ms one way, copies (one packet later) are in time and
+    # every setting taken carries one; with 330 ms, the predicted 350 (+ DEADLINE_MARGIN)
+    # plus one packet of 80 ms or more is past the deadline: redundancy would protect
+    # nothing, so none is forced, and the expected-QoE choice takes none.
+    c = AdaptiveController(options, start_rate_bps=8000.0)
+    for s in range(10):
+        c.on_sent(s, s * 80.0, 100)
+    got = tuple(PacketArrival(s, s * 80.0, s * 80.0 + owd, 100) for s in range(10) if s != 3)
+    d = c.update(Feedback(got, 9, 1), 9 * 80.0 + owd + 10.0)
+    assert c.loss == pytest.approx(0.1) and c.loss >= C.PROTECT_LOSS
+    assert (d.redundancy > 0) is protected
+    delay = c.predicted_delay_ms()[c.option.index]
+    copy_ms = delay + d.frames_per_packet * 80.0
+    assert bool(copy_ms <= 400.0) is protected
+
+
 def test_the_loss_estimate_reads_the_first_reports_whole_and_then_averages(options):
     c = AdaptiveController(options)
     c.update(Feedback(arrivals([0, 1, 2, 3]), 4, 1), 500.0)  # 1 of 5 lost
