@@ -82,9 +82,14 @@ def _onednn_linear_op() -> object | None:
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
+        op = torch.ops.mkldnn._linear_pointwise.default
+        # A private operator: check it computes a product here before relying on it.
+        x, w = torch.eye(2), torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        if not torch.equal(op(x, w, None, "none", [None], ""), w.t()):
+            return None
+    except (AttributeError, RuntimeError, NotImplementedError):
         return None
+    return op
 
 
 _ONEDNN_LINEAR = _onednn_linear_op()
