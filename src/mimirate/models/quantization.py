@@ -518,7 +518,15 @@ class SplitResidualVectorQuantizer(nn.Module):
         self.rvq_rest.fit(latent, iters, usage_total)
 
     def forward(self, latent: torch.Tensor, levels: torch.Tensor) -> QuantizerTrainOutput:
-        """Training pass: ``latent [B, C, T]``, ``levels [B, T]`` in ``1..n_q`` per frame."""
+        """Training pass: ``latent [B, C, T]``, ``levels [B, T]`` in ``1..n_q`` per frame.
+
+        Always in float32, autocast or not (a GPU run trains under bfloat16 autocast):
+        inference searches in float32, and a bfloat16 search picks other codes (the
+        packaged model, a 4 s clip, the same latent: 12 % of the codes at 8 levels)."""
+        with torch.autocast(latent.device.type, enabled=False):
+            return self._train_forward(latent.float(), levels)
+
+    def _train_forward(self, latent: torch.Tensor, levels: torch.Tensor) -> QuantizerTrainOutput:
         n_sem = self.n_q_semantic
         first = self.rvq_first.train_forward(latent, levels.clamp(max=n_sem))
         rest = self.rvq_rest.train_forward(latent, (levels - n_sem).clamp(min=0))

@@ -123,7 +123,8 @@ class _StepPlan:
 
     def write(self, ring: torch.Tensor, new: torch.Tensor) -> None:
         """Store ``new [B, H, keep, D]`` into ``ring [B, H, slots, D]`` at this step's slots."""
-        ring.scatter_(2, self.slots.expand_as(new), new.detach())
+        # Under autocast the new keys come out of a bfloat16 product, the ring is float32.
+        ring.scatter_(2, self.slots.expand_as(new), new.detach().to(ring.dtype))
 
 
 class MultiheadSelfAttention(nn.Module):
