@@ -18,18 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
+from bench_eval import DEV  # the evaluation folder, beside this file's repository
 from tqdm import tqdm
 
-DEV = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "speech"
-    / "librispeech-test-other-dev"
-)
 LEVELS = (8, 32)
 
 
