@@ -26,6 +26,22 @@ BF16_DECODER_HELP = (
 )
 
 
+def load_cli_codec(model: str, random_init: bool, seed: int, bf16_decoder: bool = False) -> Any:
+    """The codec a command asked for (``--model``, ``--random-init``, ``--seed``,
+    ``--bf16-decoder``), on at most 2 threads."""
+    import os
+
+    import torch
+
+    from mimirate import load_codec
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    dtype = torch.bfloat16 if bf16_decoder else torch.float32
+    if random_init:
+        return load_codec(model, random_init=True, seed=seed, decoder_dtype=dtype)
+    return load_codec(model, decoder_dtype=dtype)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimirate",

@@ -6,12 +6,11 @@ Every bitrate printed comes from :mod:`mimirate.bitstream.rate`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mimirate.cli import BF16_DECODER_HELP
+from mimirate.cli import BF16_DECODER_HELP, load_cli_codec
 from mimirate.config import DEFAULT_MODEL
 from mimirate.errors import ConfigError, FormatError
 
@@ -22,7 +21,6 @@ from mimirate.train.data import DEV_FOLDER as EVAL_SET
 
 if TYPE_CHECKING:
     from mimirate.bitstream import BitrateReport, EntropyTable, MimiFile
-    from mimirate.codec import Codec
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -50,18 +48,6 @@ def _add_table_arg(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="entropy table file (default: the one stored beside the model's weights)",
     )
-
-
-def _load_codec(model: str, random_init: bool, seed: int, bf16_decoder: bool = False) -> Codec:
-    import torch
-
-    from mimirate import load_codec
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    dtype = torch.bfloat16 if bf16_decoder else torch.float32
-    if random_init:
-        return load_codec(model, random_init=True, seed=seed, decoder_dtype=dtype)
-    return load_codec(model, decoder_dtype=dtype)
 
 
 def _table(path: str | None, model: str, weights_hash: bytes, table_id: bytes | None = None):
@@ -182,7 +168,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from mimirate.cli import print_json
     from mimirate.fileio import atomic_write_bytes
 
-    codec = _load_codec(args.model, args.random_init, args.seed)
+    codec = load_cli_codec(args.model, args.random_init, args.seed)
     if args.adaptive and args.kbps is None:
         raise ConfigError("--adaptive needs --kbps: the file's real average bitrate")
     if args.kbps is not None:
@@ -259,7 +245,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.levels is not None:
         mf = mf.truncate(args.levels)
     model = args.model or mf.model
-    codec = _load_codec(model, args.random_init, args.seed, args.bf16_decoder)
+    codec = load_cli_codec(model, args.random_init, args.seed, args.bf16_decoder)
     if codec.weights_hash != mf.weights_hash:
         raise FormatError(
             f"{args.input} was made by model {mf.model!r} with weights {mf.weights_hash.hex()}, "
@@ -407,7 +393,7 @@ def cmd_entropy_fit(args: argparse.Namespace) -> int:
     files = sorted(found - held)[: args.max_files]
     if not files:
         raise ConfigError(f"{', '.join(args.dir)}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    codec = _load_codec(args.model, args.random_init, args.seed)
+    codec = load_cli_codec(args.model, args.random_init, args.seed)
     arrays = []
     for f in tqdm(files, desc="encoding", unit="file"):
         audio = read_audio(f, codec.sample_rate)

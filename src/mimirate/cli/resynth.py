@@ -7,11 +7,10 @@ it, decodes the first K levels, trims to the input length and writes a WAV atomi
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
-from mimirate.cli import BF16_DECODER_HELP
+from mimirate.cli import BF16_DECODER_HELP, load_cli_codec
 from mimirate.config import DEFAULT_MODEL
 
 
@@ -44,19 +43,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mimirate import load_codec
     from mimirate.audio import read_audio, write_wav
     from mimirate.cli import print_json
     from mimirate.errors import ConfigError
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    dtype = torch.bfloat16 if args.bf16_decoder else torch.float32
-    if args.random_init:
-        codec = load_codec(args.model, random_init=True, seed=args.seed, decoder_dtype=dtype)
-    else:
-        codec = load_codec(args.model, decoder_dtype=dtype)
+    codec = load_cli_codec(args.model, args.random_init, args.seed, args.bf16_decoder)
     if not 1 <= args.levels <= codec.num_levels:
         raise ConfigError(f"--levels must be in 1..{codec.num_levels}, got {args.levels}")
     audio = read_audio(args.input, codec.sample_rate)
