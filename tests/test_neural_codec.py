@@ -180,10 +180,10 @@ def test_streams_build_the_codebook_tables_before_the_first_frame(codec: MimiCod
     enc, dec = fresh.stream_encoder(), fresh.stream_decoder()
     q = fresh.model.quantizer
     books = [rvq.codebook(j) for rvq in (q.rvq_first, q.rvq_rest) for j in range(rvq.n_levels)]
-    built = [(b._cache_key, b._search_t.data_ptr()) for b in books]
+    built = [(b._cache_key, b._search.data_ptr()) for b in books]
     assert all(key is not None for key, _ in built)
     dec.push(enc.push(_audio(2 * codec.frame_size)).codes)
-    assert [(b._cache_key, b._search_t.data_ptr()) for b in books] == built
+    assert [(b._cache_key, b._search.data_ptr()) for b in books] == built
 
 
 def test_folded_codebooks_give_the_same_codes_in_half_the_memory(codec: MimiCodec) -> None:
@@ -199,7 +199,7 @@ def test_folded_codebooks_give_the_same_codes_in_half_the_memory(codec: MimiCode
         for j in range(rvq.n_levels):
             book = rvq.codebook(j)
             # One copy: the buffer is the table's centroid rows.
-            assert book.embedding_sum.data_ptr() == book._search_t.data_ptr()
+            assert book.embedding_sum.data_ptr() == book._search.data_ptr()
             assert bool((book.cluster_usage == 1).all())
     enc = folded.encode(x[0, 0].numpy())
     assert np.array_equal(enc.codes, before.codes[0].numpy())

@@ -36,6 +36,81 @@ def test_nearest_is_cdist_argmin_bit_for_bit() -> None:
     assert torch.equal(book.nearest(x), ref)
 
 
+def test_one_row_search_is_cdist_argmin_bit_for_bit_even_at_rounding_ties() -> None:
+    torch.manual_seed(0)
+    dim, bins = 32, 512
+    book = EuclideanCodebook(dim, bins, 0.99, 0.1)
+    table = torch.randn(bins, dim)
+    xs = torch.randn(100, dim)
+    # Each x nearest to two centroids at exactly the same distance (the same offsets,
+    # permuted): which is "nearer" is decided by rounding alone.
+    for i in range(100):
+        offset = 0.05 * torch.randn(dim)
+        table[2 * i] = xs[i] + offset
+        table[2 * i + 1] = xs[i] + offset[torch.randperm(dim)]
+    book.embedding_sum.copy_(table)
+    book.eval()
+    fast_differs = 0
+    for i in range(100):
+        x = xs[i : i + 1]
+        ref = torch.cdist(x[None], book.centroids[None])[0].argmin(-1)
+        assert torch.equal(book.nearest(x), ref)  # a streaming frame: one row
+        norm = x.pow(2).sum(-1, keepdim=True)
+        rows = torch.cat([-2 * x, norm, torch.ones_like(norm)], -1)
+        fast = torch.mm(book._search, torch.cat([rows, rows]).t())[:, 0]
+        fast_differs += int(fast.clamp_min(0).sqrt().argmin() != ref[0])
+    assert fast_differs > 0  # the fast product alone would have got some wrong
+    # Clear winners are the fast product's to decide.
+    clear = table[200:210] + 1e-3
+    norm = clear.pow(2).sum(-1, keepdim=True)
+    rows = torch.cat([-2 * clear, norm, torch.ones_like(norm)], -1)
+    for j in range(10):
+        assert book._fast_nearest(rows[j : j + 1], norm[j : j + 1]).tolist() == [200 + j]
+
+
+def test_a_repeated_centroid_answers_as_its_first_entry_in_inference() -> None:
+    torch.manual_seed(0)
+    book = EuclideanCodebook(8, 64, 0.99, 0.1)
+    table = torch.randn(64, 8)
+    table[[9, 30, 47, 63]] = table[5].clone()  # one centroid held by five entries
+    book.embedding_sum.copy_(table)
+    x = table[5] + 1e-3 * torch.randn(50, 8)  # all nearest to that centroid
+    book.eval()
+    for rows in (1, 2, 7, 50):  # the streaming (weight-major) and the batch products
+        assert book.nearest(x[:rows]).tolist() == [5] * rows
+    # Any other input still finds its own centroid.
+    assert book.nearest(table[[3, 40]] + 1e-4).tolist() == [3, 40]
+    # Training searches the plain table (no exact-duplicate pass on every EMA step).
+    book.train()
+    book.nearest(x[:1])
+    assert torch.isfinite(book._search).all()
+
+
+def test_dead_codes_get_distinct_samples() -> None:
+    torch.manual_seed(0)
+    book = EuclideanCodebook(4, 64, 0.99, 0.5)
+    book.embedding_sum.copy_(torch.randn(64, 4))
+    usage = torch.full((64,), 0.01)
+    alive = torch.arange(0, 64, 3)  # 22 alive, 42 dead
+    usage[alive] = 10.0
+    book.cluster_usage.copy_(usage)
+    before = book.embedding_sum.clone()
+    samples = torch.randn(10, 4) + 100.0  # fewer samples than dead codes
+    with torch.no_grad():
+        book._replace_dead(samples)
+    replaced = (book.embedding_sum != before).any(-1)
+    assert not replaced[alive].any()
+    assert int(replaced.sum()) == 10  # one dead code per sample, the rest wait
+    centroids = book.centroids[replaced]
+    # Each sample exactly once (the reference's draw with replacement copies some).
+    assert torch.allclose(centroids[torch.cdist(centroids, samples).argmin(0)], samples)
+    assert torch.unique(centroids, dim=0).shape[0] == 10
+    # With more samples than dead codes every dead code gets one, all distinct.
+    with torch.no_grad():
+        book._replace_dead(torch.randn(500, 4) - 100.0)
+    assert torch.unique(book.centroids, dim=0).shape[0] == 64
+
+
 def test_centroid_cache_follows_buffer_changes() -> None:
     book = EuclideanCodebook(2, 4, 0.99, 0.1)
     assert torch.equal(book.centroids, torch.zeros(4, 2))
@@ -57,7 +132,7 @@ def test_decode_gathers_all_levels_from_one_table_that_follows_the_codebooks() -
         # The levels' own tables are rows of the stack: no second copy in memory.
         stack = rvq._tables()
         for j in range(rvq.n_levels):
-            assert rvq.codebook(j)._search_t.data_ptr() == stack[j].data_ptr()
+            assert rvq.codebook(j)._search.data_ptr() == stack[j].data_ptr()
         # A codebook that changes (an EMA step, a load) is seen by the next decode.
         rvq.codebook(2).embedding_sum.mul_(3.0)
         torch.testing.assert_close(rvq.decode(codes, None), by_level())

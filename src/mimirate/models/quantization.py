@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mimirate.config import QuantizerConfig
+from mimirate.models.kernels import small_columns
 
 #: Floor of ``cluster_usage`` when dividing (as the reference does).
 EPSILON = 1e-5
@@ -27,6 +28,8 @@ CHECK_UNUSED_EVERY = 5
 #: Usage given to a replaced centroid, relative to the mean usage.
 REPLACED_USAGE_RATIO = 1.0
 KMEANS_ITERS = 50
+#: float32's unit roundoff, 2^-24.
+_UNIT_ROUNDOFF = 2.0**-24
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -41,6 +44,15 @@ def _sample_rows(samples: torch.Tensor, num: int) -> torch.Tensor:
     else:
         idx = torch.randint(0, n, (num,), device=samples.device)
     return samples[idx]
+
+
+def _repeated_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: True where a row of ``rows [N, D]`` equals an earlier row exactly."""
+    n = rows.shape[0]
+    _, group = torch.unique(rows, dim=0, return_inverse=True)
+    index = torch.arange(n, device=rows.device)
+    first = torch.full((n,), n, device=rows.device).scatter_reduce_(0, group, index, "amin")
+    return first[group] != index
 
 
 def _kmeans(
@@ -78,7 +90,8 @@ class EuclideanCodebook(nn.Module):
         self._init_key: tuple[int | None, int] | None = None
         self._init_value = False
         self._centroids = torch.empty(0)
-        self._search_t = torch.empty(0)
+        self._search = torch.empty(0)
+        self._radius = 0.0  # the largest centroid norm (nearest's rounding bound)
         self._folded = False  # see fold_for_inference
 
     @property
@@ -93,10 +106,10 @@ class EuclideanCodebook(nn.Module):
         return self._init_value
 
     def _refresh(self, out: torch.Tensor | None = None) -> None:
-        """Rebuild the search table if the buffers changed; into ``out`` ``[dim + 2, bins]``
+        """Rebuild the search table if the buffers changed; into ``out`` ``[bins, dim + 2]``
         when given (a row of the quantizer's stack: no table-sized copy to free)."""
         s, u = self.embedding_sum, self.cluster_usage
-        folded = self._folded and s.data_ptr() == self._search_t.data_ptr()
+        folded = self._folded and s.data_ptr() == self._search.data_ptr()
         if folded and (out is None or out.data_ptr() == s.data_ptr()):
             return  # the buffers are the table (until a move copies them)
         # Recompute the centroids only when the buffers changed (EMA step, load, move).
@@ -106,24 +119,36 @@ class EuclideanCodebook(nn.Module):
             s.data_ptr(),
             u.data_ptr(),
             torch.is_inference_mode_enabled(),
+            self.training,
         )
         # Buffers made under torch.inference_mode have no version counter: no cache then.
         if key == self._cache_key and None not in key:
-            if out is not None and self._search_t.data_ptr() != out.data_ptr():
-                out.copy_(self._search_t)
-                self._search_t, self._centroids = out, out[: self.dim].t()
+            if out is not None and self._search.data_ptr() != out.data_ptr():
+                out.copy_(self._search)
+                self._search, self._centroids = out, out[:, : self.dim]
             return
         with torch.no_grad():
             # cdist's formula: distances come from [-2x, |x|^2, 1] . [c, 1, |c|^2]. The
-            # table is kept transposed, [dim + 2, bins]: a streaming frame (one row) reads
-            # it 2x faster in this layout than cdist's (kernels.py), and large batches are
-            # a plain GEMM either way. The centroids are a view of it: one copy in memory.
+            # table is kept as cdist builds its right operand, [bins, dim + 2]: large
+            # batches take the reference's own product with it, and a streaming frame
+            # reads it weight-major (``nearest``). The centroids are a view of it: one
+            # copy in memory.
             c = torch.div(s, u.clamp(min=EPSILON)[:, None])
-            search_t = s.new_empty(self.dim + 2, self.bins) if out is None else out
-            search_t[: self.dim] = c.t()
-            search_t[self.dim] = 1
-            search_t[self.dim + 1] = c.pow(2).sum(-1)
-        self._search_t, self._centroids = search_t, search_t[: self.dim].t()
+            search = s.new_empty(self.bins, self.dim + 2) if out is None else out
+            search[:, : self.dim] = c
+            search[:, self.dim] = 1
+            norms = c.pow(2).sum(-1)
+            if not self.training:
+                # A centroid held by several entries (k-means and dead-code replacement
+                # copy samples: 3015 of the packaged small model's 65536 entries) answers
+                # as its first entry. Left to the product, the entry chosen would depend
+                # on rounding, which no BLAS kernel does alike for every row, so the same
+                # audio would get other tokens streaming and offline.
+                norms[_repeated_rows(c)] = float("inf")
+            search[:, self.dim + 1] = norms
+            radius = float(c.pow(2).sum(-1).max().sqrt()) if self.bins else 0.0
+        self._search, self._centroids = search, search[:, : self.dim]
+        self._radius = radius
         self._cache_key = key
 
     @property
@@ -135,16 +160,49 @@ class EuclideanCodebook(nn.Module):
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """Index ``[N]`` of the centroid nearest to each row of ``x`` ``[N, dim]``.
 
-        Same arithmetic as ``torch.cdist(x[None], centroids[None])`` (its matmul path)
-        followed by argmin (the product runs in another layout: equal to rounding).
+        ``torch.cdist(x[None], centroids[None])`` (its matmul path) followed by argmin,
+        to the bit: the same table and the same product (a repeated centroid aside,
+        see ``_refresh``). A few rows (streaming) first take a faster product; it
+        decides only where no rounding could (see ``_fast_nearest``).
         """
         self._refresh()
         norm = x.pow(2).sum(-1, keepdim=True)
         # -(x + x) is x * -2 to the bit, without wrapping the Python scalar in a tensor
         # (five dispatcher ops: this runs 32 times a frame).
         xs = torch.cat([(x + x).neg_(), norm, norm.new_ones(norm.shape)], dim=-1)
-        dist = torch.mm(xs, self._search_t)
+        rows = xs.shape[0]
+        if rows and small_columns(xs, rows):
+            fast = self._fast_nearest(xs, norm)
+            if fast is not None:
+                return fast
+        dist = torch.mm(xs, self._search.t())
         return dist.clamp_min_(0).sqrt_().argmin(dim=-1)
+
+    def _fast_nearest(self, xs: torch.Tensor, norm: torch.Tensor) -> torch.Tensor | None:
+        """``nearest`` through the table weight-major, or None where it might differ.
+
+        MKL runs cdist's one-row product on one core (3.1 ms a frame for mimi's 32
+        tables, 67 MB); the same table weight-major with two columns takes both (1.9
+        ms), so one row goes in twice. That product rounds otherwise, so its winner is
+        taken only when its lead over the runner-up exceeds what rounding can move:
+        a dot product of n terms evaluated in any order is within gamma_n * sum|terms|
+        of the exact one (Higham, Accuracy and Stability of Numerical Algorithms,
+        3.1), and here sum|terms| = |x|^2 + 2 sum|x c| + |c|^2 <= (|x| + |c|)^2. Two
+        evaluations of each of two distances: a lead over 4 gamma_n (|x| + max|c|)^2
+        cannot be reversed, and a runner-up over 2 gamma_n of it cannot be clamped to
+        the winner's 0. Otherwise (about one search in a thousand on mimi's deep
+        levels) None: the reference product decides.
+        """
+        rows = xs.shape[0]
+        cols = xs if rows > 1 else torch.cat([xs, xs])
+        dist = torch.mm(self._search, cols.t())[:, :rows]  # [bins, rows]
+        lead, index = dist.topk(2, dim=0, largest=False)
+        n = xs.shape[1]
+        gamma = n * _UNIT_ROUNDOFF / (1 - n * _UNIT_ROUNDOFF)
+        bound = (norm[:, 0].sqrt() + self._radius).pow_(2).mul_(2 * gamma)
+        if bool(((lead[1] - lead[0] > 2 * bound) & (lead[1] > bound)).all()):
+            return index[0]
+        return None
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Centroids ``[..., dim]`` of ``codes`` ``[...]``."""
@@ -207,12 +265,29 @@ class EuclideanCodebook(nn.Module):
         self.embedding_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
 
     def _replace_dead(self, samples: torch.Tensor) -> None:
+        """Give dead codes (usage under ``threshold_usage_ratio`` of the mean) fresh samples.
+
+        Each sample goes to one dead code at most. Drawing with replacement, as the
+        reference does, copies a sample into many entries when a batch has fewer frames
+        than the codebook has entries (a CPU batch of 8 x 1 s has 100): the copies stay
+        identical, the search only ever picks the first, so the rest are dead again at
+        the next check (the step-57800 model had 3015 such copies in its 65536 entries).
+        Dead codes left over keep their vectors until a later check.
+        """
         mean_usage = self.cluster_usage.sum() / self.bins
         dead = self.cluster_usage < self.threshold_usage_ratio * mean_usage
+        # Rank the dead codes in a random order, then give the r-th one the r-th sample
+        # of a random permutation (no sync: a count of the dead would read the device).
+        order = torch.rand(self.bins, device=dead.device).masked_fill_(~dead, 2.0)
+        rank = torch.empty_like(order, dtype=torch.long)
+        rank[order.argsort()] = torch.arange(self.bins, device=dead.device)
+        n = samples.shape[0]
+        perm = torch.randperm(n, device=samples.device)
+        replace = dead & (rank < n)
+        fresh = samples[perm[rank.clamp(max=n - 1)]]
         usage = REPLACED_USAGE_RATIO * mean_usage
-        fresh = _sample_rows(samples, self.bins)
-        self.embedding_sum.copy_(torch.where(dead[:, None], usage * fresh, self.embedding_sum))
-        self.cluster_usage.copy_(torch.where(dead, usage, self.cluster_usage))
+        self.embedding_sum.copy_(torch.where(replace[:, None], usage * fresh, self.embedding_sum))
+        self.cluster_usage.copy_(torch.where(replace, usage, self.cluster_usage))
 
 
 class _Level(nn.Module):
@@ -315,11 +390,11 @@ class ResidualVectorQuantizer(nn.Module):
         ``levels [B, T]`` (may be 0) keeps only the first ``levels[b, t]`` levels of frame t.
         """
         B, k, T = codes.shape
-        table = self._tables()[:k, : self.dim]  # [k, dim, bins]
+        table = self._tables()[:k, :, : self.dim]  # [k, bins, dim]
         level = torch.arange(k, device=codes.device)[:, None]  # [k, 1]
         # All levels in one gather (one op, where a lookup per level was ~16 with views):
         # [k, B * T] codes index their own level's centroids -> [k, B * T, dim].
-        q = table[level, :, codes.transpose(0, 1).reshape(k, B * T)]
+        q = table[level, codes.transpose(0, 1).reshape(k, B * T)]
         if levels is not None:
             keep = levels.reshape(1, B * T) > level  # [k, B * T]
             q = q * keep.unsqueeze(-1).to(q.dtype)
@@ -327,9 +402,9 @@ class ResidualVectorQuantizer(nn.Module):
         return F.conv1d(quantized, self.output_proj.weight)
 
     def _tables(self) -> torch.Tensor:
-        """The levels' search tables stacked, ``[n, dim + 2, bins]``.
+        """The levels' search tables stacked, ``[n, bins, dim + 2]``.
 
-        Each codebook's own table (``_search_t``, package-private) is then a view of its
+        Each codebook's own table (``_search``, package-private) is then a view of its
         row, so the stack costs no memory; a codebook whose buffers changed (an EMA step,
         a load) rebuilds its table in its row.
         """
@@ -343,14 +418,14 @@ class ResidualVectorQuantizer(nn.Module):
             or stack.dtype != first.dtype
             or (stack.is_inference() and not torch.is_inference_mode_enabled())
         ):
-            stack = first.new_empty(self.n_levels, self.dim + 2, first.shape[0])
+            stack = first.new_empty(self.n_levels, first.shape[0], self.dim + 2)
             self._stack = stack
         base, step = stack.data_ptr(), stack.stride(0) * stack.element_size()
         for j, book in enumerate(books):
             # A folded codebook whose buffers are its row needs nothing (checked without
             # making a view: this runs for every level of every decoded frame).
             ptr = book.embedding_sum.data_ptr()
-            if not (book._folded and ptr == book._search_t.data_ptr() == base + j * step):
+            if not (book._folded and ptr == book._search.data_ptr() == base + j * step):
                 book._refresh(out=stack[j])
         return stack
 
