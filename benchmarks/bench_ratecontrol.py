@@ -532,6 +532,66 @@ def dtx(args: argparse.Namespace) -> dict:
     print(f"{'':<12}{'wire kbit/s':>12}{'mean QoE':>10}{'mean levels':>13}")
     for name, r in runs.items():
         print(f"{name:<12}{r['wire_kbps']:>12.2f}{r['mean_qoe']:>10.2f}{r['mean_levels']:>13.2f}")
+    out["talkspurt_ends"] = _talkspurt_ends(act, table, options)
+    return out
+
+
+def _talkspurt_ends(act: np.ndarray, table, options) -> dict:
+    """DTX at 10 % random loss, with and without the keep-alive that carries the copy of a
+    talkspurt's last packet (``simulator.PROTECT_TALKSPURT_END``): steady links and the
+    network section's FCC and HSDPA traces, the activity above as the talker."""
+    from mimirate.ratecontrol import simulator
+    from mimirate.ratecontrol.controller import AdaptiveController
+    from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
+    from mimirate.ratecontrol.traces import constant_trace, load_trace
+
+    links = [constant_trace(k * 1000.0, name=f"steady {k} kbit/s") for k in (4, 5, 8, 16)]
+    for family in ("fcc", "hsdpa-norway"):
+        links += [load_trace(p) for p in network_traces(family, 4, 0)]
+    seconds = min(act.size * 0.08, 300.0)
+    activity = act[: round(seconds / 0.08)]
+    link_cfg = LinkConfig(loss=BernoulliLoss(0.1), seed=1)
+    out = {}
+    before = simulator.PROTECT_TALKSPURT_END
+    try:
+        for protect in (False, True):
+            simulator.PROTECT_TALKSPURT_END = protect
+            rows = []
+            for trace in tqdm(links, desc=f"talkspurt ends ({protect})", leave=False):
+                r = simulate(
+                    trace,
+                    AdaptiveController(options),
+                    table,
+                    link=link_cfg,
+                    duration_s=seconds,
+                    activity=activity,
+                )
+                rows.append(
+                    {
+                        "link": trace.name,
+                        "mean_qoe": r.mean_qoe,
+                        "late_pct": 100 * r.late_frac,
+                        "lost_pct": 100 * r.lost_frac,
+                        "wire_kbps": r.wire_bps / 1000,
+                    }
+                )
+            out["protected" if protect else "unprotected"] = rows
+    finally:
+        simulator.PROTECT_TALKSPURT_END = before
+    print("\nDTX at 10 % loss: a talkspurt's last packet unprotected -> its copy in a keep-alive")
+    print(f"{'link':<26}{'QoE':>14}{'late+lost %':>16}{'wire kbit/s':>16}")
+    for a, b in zip(out["unprotected"], out["protected"], strict=True):
+        ll_a, ll_b = a["late_pct"] + a["lost_pct"], b["late_pct"] + b["lost_pct"]
+        print(
+            f"{a['link'][:25]:<26}{a['mean_qoe']:>6.2f} ->{b['mean_qoe']:>6.2f}"
+            f"{ll_a:>7.2f} ->{ll_b:>6.2f}{a['wire_kbps']:>7.2f} ->{b['wire_kbps']:>6.2f}"
+        )
+    for key in ("unprotected", "protected"):
+        rows = out[key]
+        print(
+            f"{key:<26}mean QoE {np.mean([r['mean_qoe'] for r in rows]):.2f}, late+lost "
+            f"{np.mean([r['late_pct'] + r['lost_pct'] for r in rows]):.2f} %"
+        )
     return out
 
 

@@ -206,7 +206,7 @@ def test_long_loss_fades_to_silence_then_recovers(codec) -> None:
 
 
 def test_sender_leaves_silent_frames_out_under_dtx_and_receiver_counts_them() -> None:
-    s = sender(fpp=2, red=2, silence_levels=0)
+    s = sender(fpp=2, red=0, silence_levels=0)
     speech = [True, True, True, False, False, False, True, True]
     out = [s.push(frame(i), i * 80.0, speech[i]) for i in range(len(speech))]
     # Frames 0-1 form a packet; frame 2 waits for a partner, but frame 3 is silent: 2 goes
@@ -249,7 +249,7 @@ def test_adaptive_policy_suppresses_silence() -> None:
 def test_dtx_sends_a_keepalive_frame_every_few_frames_of_silence() -> None:
     from mimirate.ratecontrol.controller import DTX_KEEPALIVE_FRAMES
 
-    s = sender(fpp=3, red=2, silence_levels=0)
+    s = sender(fpp=3, red=0, silence_levels=0)
     sent = []
     for i in range(12):
         for data in s.push(frame(i), i * 80.0, speech=i == 0):
@@ -259,6 +259,35 @@ def test_dtx_sends_a_keepalive_frame_every_few_frames_of_silence() -> None:
     k = DTX_KEEPALIVE_FRAMES
     assert sent == [[(0, 8)], [(k, 1)], [(2 * k, 1)]]
     assert s.dtx_frames == 12 - 3
+
+
+def test_dtx_copies_a_talkspurts_last_packet_in_a_keepalive_the_frame_after() -> None:
+    from mimirate.ratecontrol.controller import DTX_KEEPALIVE_FRAMES
+
+    s = sender(fpp=2, red=2, silence_levels=0)
+    speech = [True] * 3 + [False] * 9 + [True] * 2
+    sent = []
+    for i, is_speech in enumerate(speech):
+        for data in s.push(frame(i), i * 80.0, speech=is_speech):
+            p = parse_message(data)
+            sent.append(([(f.index, f.levels) for f in p.frames], [f.index for f in p.redundant]))
+    k = DTX_KEEPALIVE_FRAMES
+    assert sent == [
+        ([(0, 8), (1, 8)], []),
+        ([(2, 8)], [0, 1]),  # silence begins: frame 2 goes at once
+        ([(4, 1)], [2]),  # the frame after: a keep-alive with frame 2's copy
+        ([(4 + k, 1)], [4]),  # then the usual cadence
+        ([(12, 8), (13, 8)], [4 + k]),
+    ]
+    # Without redundancy there is no copy to carry: keep-alives keep their cadence.
+    s = sender(fpp=2, red=0, silence_levels=0)
+    indices = []
+    for i, is_speech in enumerate(speech):
+        indices += [
+            [f.index for f in parse_message(d).frames]
+            for d in s.push(frame(i), i * 80.0, is_speech)
+        ]
+    assert indices == [[0, 1], [2], [2 + k], [12, 13]]
 
 
 def test_monitor_measures_queuing_delay_against_the_fastest_packet() -> None:

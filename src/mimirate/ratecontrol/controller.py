@@ -136,7 +136,8 @@ loss: lost 1.1 -> 3.3 %, QoE 11.48 -> 8.74, against 11.75 with the last frame's 
 Silence and outages. Frames the sender's VAD marks silent are not sent at all
 (discontinuous transmission, :data:`SILENCE_LEVELS` = 0; the receiver's concealment
 fades the last frame out, and its reports tell unsent frames from lost ones), but for a
-keep-alive frame at 1 level every :data:`DTX_KEEPALIVE_FRAMES`.
+keep-alive frame at 1 level every :data:`DTX_KEEPALIVE_FRAMES`, and, with redundancy on,
+one in the frame after a talkspurt's last packet, to carry that packet's copy.
 While the path is stalled (the oldest packet unacknowledged for far longer than
 usual, and no report acknowledging anything for as long), and while even the cheapest
 setting would arrive past the playout deadline (the link carries less than the cheapest

@@ -44,6 +44,11 @@ from mimirate.ratecontrol.qoe import FRAME_MS, QoE, QualityTable, frame_qoe
 from mimirate.ratecontrol.traces import Trace
 from mimirate.ratecontrol.wire import WireSizer
 
+#: Under DTX with redundancy on, a keep-alive goes in the frame after a talkspurt's last
+#: packet to carry its copy, as the real sender (``transport.session.Sender``) does.
+#: Off only to measure what it gains (``benchmarks/bench_ratecontrol.py --dtx``).
+PROTECT_TALKSPURT_END = True
+
 
 class LossModel(Protocol):
     def pattern(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -318,6 +323,7 @@ def simulate(
     pending: list[int] = []
     previous: list[int] = []
     last_queued = -DTX_KEEPALIVE_FRAMES  # a stream opening in silence starts with one
+    tail_open = False  # the last packet sent holds speech whose copy no packet carries yet
     report_index = 0
     next_report = link.feedback_interval_ms
 
@@ -334,6 +340,8 @@ def simulate(
         reader.sent(seq, now, size)
         out = bottleneck.offer(now, size)
         lost = out is not None and bool(fwd_loss[slot])
+        nonlocal tail_open
+        tail_open = any(speech[f] for f in frames)
         log["send_ms"].append(now)
         log["wire_bytes"].append(size)
         log["frames"].append(len(frames))
@@ -364,7 +372,7 @@ def simulate(
         decision = controller.update(None, now)
         if decision.pause:  # the sender drops the frame (and what it was bundling)
             # ... and repeats nothing from before the pause: those frames are stale.
-            pending, previous = [], []
+            pending, previous, tail_open = [], [], False
             continue
         keepalive = False
         if not speech[t] and decision.silence_levels == 0:
@@ -372,6 +380,11 @@ def simulate(
             # for it goes now rather than wait for speech. One in DTX_KEEPALIVE_FRAMES
             # goes alone at 1 level, as the real sender does.
             keepalive = t - last_queued >= DTX_KEEPALIVE_FRAMES
+            # A talkspurt's last packet has no next packet to carry its copy: the
+            # keep-alive goes at once (a frame after it, not with it: loss comes in
+            # bursts), as the real sender does.
+            protect = decision.redundancy > 0 and PROTECT_TALKSPURT_END
+            keepalive |= protect and tail_open and not pending
             if not keepalive:
                 if pending:
                     send(now, pending, decision.redundancy)

@@ -122,6 +122,8 @@ class Sender:
         self.paused_frames = 0  # frames dropped unsent while the policy paused
         self.dtx_frames = 0  # silent frames not sent (discontinuous transmission)
         self._last_queued = -DTX_KEEPALIVE_FRAMES  # index of the last frame queued
+        self._pending_speech = False  # a frame queued is speech
+        self._tail_open = False  # the last packet holds speech no packet has copied yet
 
     def set_cap(self, levels: int) -> None:
         """The receiver's level cap (1..num_levels); out-of-range values are clamped."""
@@ -162,7 +164,8 @@ class Sender:
         calls the frame silent) sends it at the decision's ``silence_levels``; at 0 it is
         not sent and what was queued goes now rather than wait for speech (as in the
         simulator the controller is tuned in), but for one keep-alive frame at 1 level
-        every ``DTX_KEEPALIVE_FRAMES``.
+        every ``DTX_KEEPALIVE_FRAMES``, and one in the frame after a talkspurt's last
+        packet when the decision has redundancy (it carries that packet's copy).
         """
         out: list[bytes] = []
         # Every frame, as the simulator the controller is tuned in does: its rate grows
@@ -173,6 +176,7 @@ class Sender:
             # the pause either (those frames are stale by the time the path is back).
             self.paused_frames += 1
             self._pending, self._last_sent = [], ()
+            self._pending_speech = self._tail_open = False
             return out
         levels = min(self.levels, frame.levels)
         quiet = self.decision.silence_levels
@@ -180,7 +184,12 @@ class Sender:
         if not speech and quiet is not None:
             if quiet > 0:
                 levels = min(quiet, levels)
-            elif frame.index - self._last_queued >= DTX_KEEPALIVE_FRAMES:
+            elif frame.index - self._last_queued >= DTX_KEEPALIVE_FRAMES or (
+                # A talkspurt's last packet has no next packet to carry its copy: a
+                # keep-alive goes at once (a frame after it, not with it: loss comes in
+                # bursts), as in the simulator.
+                self._tail_open and not self._pending and self.decision.redundancy_levels > 0
+            ):
                 keepalive, levels = True, 1
             else:
                 self.dtx_frames += 1
@@ -191,6 +200,7 @@ class Sender:
             out.append(self._packet(now_ms))
         self._pending.append(FrameCodes(frame.index, frame.codes[:levels]))
         self._last_queued = frame.index
+        self._pending_speech |= speech and not keepalive
         self.levels_sent[levels] += 1
         if keepalive or len(self._pending) >= max(1, self.decision.frames_per_packet):
             out.append(self._packet(now_ms))
@@ -215,6 +225,7 @@ class Sender:
         self.wire_bytes += len(data)
         self._last_sent = tuple(self._pending)
         self._pending = []
+        self._tail_open, self._pending_speech = self._pending_speech, False
         return data
 
 
