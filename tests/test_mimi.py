@@ -146,6 +146,28 @@ def test_offline_steps_do_not_change_the_result(
     assert torch.allclose(restepped, audio, atol=1e-5)
 
 
+def test_seanet_tiles_shrink_with_the_batch_on_the_cpu(
+    model: MimiModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = _speechlike(8, batch=3)
+    with torch.no_grad():
+        alone = [model.encode(x[b : b + 1]).codes for b in range(3)]
+        audio = model.decode(torch.cat(alone))
+        monkeypatch.setattr(mimi, "SEANET_TILE_FRAMES", 6)  # 2 frames a stream for 3
+        widths: list[int] = []
+        hook = model.encoder.register_forward_pre_hook(lambda m, a: widths.append(a[0].shape[-1]))
+        try:
+            batched = model.encode(x).codes
+        finally:
+            hook.remove()
+        redecoded = model.decode(torch.cat(alone))
+    assert widths == [2 * FS] * 4  # 8 frames in tiles of 6 // 3 frames
+    # Tiling is exact streaming: each stream's codes as if encoded alone (up to rounding
+    # at near-ties of the tiny model's deepest levels, as in the test above).
+    assert torch.equal(batched[:, :16], torch.cat(alone)[:, :16])
+    assert torch.allclose(redecoded, audio, atol=1e-5)
+
+
 def test_encode_is_causal(model: MimiModel) -> None:
     x = _speechlike(6)
     with torch.no_grad():
