@@ -168,6 +168,27 @@ def test_seanet_tiles_shrink_with_the_batch_on_the_cpu(
     assert torch.allclose(redecoded, audio, atol=1e-5)
 
 
+def test_training_gradients_do_not_depend_on_seanet_tiles(
+    model: MimiModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streaming states hold their inputs detached: tiles under autograd would cut the
+    # gradient at every tile boundary (a crop longer than a tile, or a batch of them).
+    x = _speechlike(6, batch=2)
+
+    def grads() -> list[torch.Tensor]:
+        m = copy.deepcopy(model).train()
+        m.zero_grad()
+        m(x, levels=4).audio.pow(2).mean().backward()
+        return [p.grad.clone() for p in m.encoder.parameters() if p.grad is not None]
+
+    whole = grads()
+    monkeypatch.setattr(mimi, "SEANET_TILE_FRAMES", 2)
+    tiled = grads()
+    assert len(whole) == len(tiled) > 0
+    for a, b in zip(whole, tiled, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_encode_is_causal(model: MimiModel) -> None:
     x = _speechlike(6)
     with torch.no_grad():

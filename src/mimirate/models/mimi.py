@@ -44,21 +44,29 @@ SEANET_TILE_FRAMES = 25
 
 
 def _tile_frames(x: torch.Tensor) -> int:
-    """Frames per SEANet tile for ``x [B, ...]``: on the CPU, SEANET_TILE_FRAMES of
-    activations for the whole batch. Per stream, 8 streams' tiles held 8x the activations
-    (98 MB a layer), which glibc serves with fresh mmaps (over its 32 MiB ceiling,
-    ``kernels.keep_freed_memory``): 690 k page faults per call encoding 8 x 5 s."""
+    """Frames per SEANet tile for ``x [B, ...]``, 0 for none.
+
+    Tiles keep activations in cache for inference. Under autograd there are none: the
+    streaming states hold their inputs detached, so a tile boundary would cut the
+    gradient (a training crop longer than a tile learnt from truncated gradients). On
+    the CPU a tile holds SEANET_TILE_FRAMES of activations for the whole batch: per
+    stream, 8 streams' tiles took 98 MB a layer, which glibc serves with fresh mmaps
+    (over its 32 MiB ceiling, ``kernels.keep_freed_memory``): 690 k page faults per call
+    encoding 8 x 5 s.
+    """
+    if torch.is_grad_enabled():
+        return 0
     if x.device.type != "cpu":
         return SEANET_TILE_FRAMES
     return max(1, SEANET_TILE_FRAMES // max(1, x.shape[0]))
 
 
 def _in_tiles(layer: nn.Module, x: torch.Tensor, state: Any, tile: int) -> torch.Tensor:
-    """``layer(x, state)`` on ``x [B, C, N]`` in pieces of ``tile`` steps, concatenated.
+    """``layer(x, state)`` on ``x [B, C, N]`` in pieces of ``tile`` steps (0: whole), concatenated.
 
     Streaming makes the split exact; each piece's activations stay in cache.
     """
-    if x.shape[-1] <= tile:
+    if tile <= 0 or x.shape[-1] <= tile:
         return layer(x, state)
     pieces = [layer(x[..., i : i + tile], state) for i in range(0, x.shape[-1], tile)]
     return torch.cat(pieces, dim=-1)
