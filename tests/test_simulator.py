@@ -128,17 +128,26 @@ def test_adaptive_pauses_into_an_outage(table):
     assert (a.qoe.played_levels[after] > 0).mean() > (f.qoe.played_levels[after] > 0).mean()
 
 
+class _Always:
+    """A controller that makes the same decision every time."""
+
+    name = "always"
+
+    def __init__(self, decision):
+        self.decision = decision
+
+    def on_sent(self, seq, send_ms, wire_bytes):
+        pass
+
+    def update(self, feedback, now_ms):
+        return self.decision
+
+
 def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table):
     from mimirate.ratecontrol.controller import Decision
 
-    class DtxProtected:
-        name = "dtx-protected"
-
-        def on_sent(self, seq, send_ms, wire_bytes):
-            pass
-
-        def update(self, feedback, now_ms):
-            return Decision(8, 2, 2, 0)  # 8 levels, 2 frames a packet, 2 levels copied
+    # 8 levels, 2 frames a packet, 2 levels copied, silence not sent.
+    dtx_protected = Decision(8, 2, 2, 0)
 
     @dataclass(frozen=True)
     class LoseSlot:  # loss is drawn per 80 ms slot (a packet's last frame)
@@ -153,7 +162,12 @@ def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table
     speech[5:11] = False
     link = LinkConfig(loss=LoseSlot(4), feedback_loss=False)
     r = simulate(
-        constant_trace(64_000.0), DtxProtected(), table, link=link, duration_s=1.28, activity=speech
+        constant_trace(64_000.0),
+        _Always(dtx_protected),
+        table,
+        link=link,
+        duration_s=1.28,
+        activity=speech,
     )
     # Frame 4 goes alone when silence starts (its packet is lost); frame 6 goes at once as
     # a keep-alive carrying frame 4's copy, so frame 4 plays at 2 levels. The next
@@ -169,7 +183,7 @@ def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table
         simulator.PROTECT_TALKSPURT_END = False
         r = simulate(
             constant_trace(64_000.0),
-            DtxProtected(),
+            _Always(dtx_protected),
             table,
             link=link,
             duration_s=1.28,
@@ -184,18 +198,15 @@ def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table
 def test_silent_frames_are_not_sent_with_dtx(table):
     from mimirate.ratecontrol.controller import Decision
 
-    class Dtx:
-        name = "dtx"
-
-        def on_sent(self, seq, send_ms, wire_bytes):
-            pass
-
-        def update(self, feedback, now_ms):
-            return Decision(8, 2, 0, 0)
-
     speech = np.ones(16, bool)
     speech[5:11] = False
-    r = simulate(constant_trace(64_000.0), Dtx(), table, duration_s=1.28, activity=speech)
+    r = simulate(
+        constant_trace(64_000.0),
+        _Always(Decision(8, 2, 0, 0)),
+        table,
+        duration_s=1.28,
+        activity=speech,
+    )
     # Frame 4 waits for frame 5, which is silent: it goes alone, at once. Frames 5-8 and
     # 10 are not sent; frame 9, DTX_KEEPALIVE_FRAMES after the last one sent, goes alone
     # at 1 level to keep the stream alive.
