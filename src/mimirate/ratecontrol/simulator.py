@@ -328,6 +328,7 @@ def simulate(
     next_report = link.feedback_interval_ms
 
     def send(now: float, frames: list[int], redundancy: int) -> None:
+        nonlocal tail_open
         # Random loss is drawn per 80 ms sending slot (at most one packet each): the same
         # pattern for every controller, and one an offline optimum can plan around.
         slot = frames[-1]
@@ -340,7 +341,6 @@ def simulate(
         reader.sent(seq, now, size)
         out = bottleneck.offer(now, size)
         lost = out is not None and bool(fwd_loss[slot])
-        nonlocal tail_open
         tail_open = any(speech[f] for f in frames)
         log["send_ms"].append(now)
         log["wire_bytes"].append(size)
