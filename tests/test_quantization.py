@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from mimirate.config import QuantizerConfig
-from mimirate.models.quantization import EuclideanCodebook, SplitResidualVectorQuantizer
+from mimirate.models.quantization import (
+    EuclideanCodebook,
+    SplitResidualVectorQuantizer,
+    _repeated_rows,
+)
 
 CFG = QuantizerConfig(n_q=6, n_q_semantic=1, bins=32, dimension=4)
 C = 8
@@ -84,6 +88,30 @@ def test_a_repeated_centroid_answers_as_its_first_entry_in_inference() -> None:
     book.train()
     book.nearest(x[:1])
     assert torch.isfinite(book._search).all()
+
+
+def test_repeated_rows_are_every_row_equal_to_an_earlier_one() -> None:
+    def by_sorting(rows: torch.Tensor) -> torch.Tensor:  # the whole-row sort it shortcuts
+        n = rows.shape[0]
+        _, group = torch.unique(rows, dim=0, return_inverse=True)
+        index = torch.arange(n)
+        first = torch.full((n,), n).scatter_reduce_(0, group, index, "amin")
+        return first[group] != index
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        n, d = (
+            int(torch.randint(1, 200, (1,), generator=g)),
+            int(torch.randint(1, 12, (1,), generator=g)),
+        )
+        rows = torch.randn(n, d, generator=g)
+        if trial % 2:  # first values shared by rows that differ further on
+            rows[:, 0] = torch.randint(0, 3, (n,), generator=g).float()
+        k = int(torch.randint(0, n, (1,), generator=g))
+        src, dst = torch.randint(0, n, (k,), generator=g), torch.randint(0, n, (k,), generator=g)
+        rows[dst] = rows[src].clone()
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(_repeated_rows(rows.to(dtype)), by_sorting(rows.to(dtype)))
 
 
 def test_dead_codes_get_distinct_samples() -> None:

@@ -47,12 +47,24 @@ def _sample_rows(samples: torch.Tensor, num: int) -> torch.Tensor:
 
 
 def _repeated_rows(rows: torch.Tensor) -> torch.Tensor:
-    """``[N]`` bool: True where a row of ``rows [N, D]`` equals an earlier row exactly."""
+    """``[N]`` bool: True where a row of ``rows [N, D]`` equals an earlier row exactly.
+
+    ``torch.unique(dim=0)`` sorts whole rows (3 ms for 2048 x 256, 90 ms to load a
+    32-level model), so it runs only on the rows whose first value is shared with
+    another row (equal rows share it), usually a few hundred or none.
+    """
     n = rows.shape[0]
-    _, group = torch.unique(rows, dim=0, return_inverse=True)
-    index = torch.arange(n, device=rows.device)
-    first = torch.full((n,), n, device=rows.device).scatter_reduce_(0, group, index, "amin")
-    return first[group] != index
+    repeated = torch.zeros(n, dtype=torch.bool, device=rows.device)
+    if n < 2 or rows.shape[1] == 0:
+        return repeated
+    _, slot, counts = torch.unique(rows[:, 0], return_inverse=True, return_counts=True)
+    candidates = torch.nonzero(counts[slot] > 1)[:, 0]
+    if candidates.numel() == 0:
+        return repeated
+    _, group = torch.unique(rows[candidates], dim=0, return_inverse=True)
+    first = torch.full_like(candidates, n).scatter_reduce_(0, group, candidates, "amin")
+    repeated[candidates] = first[group] != candidates
+    return repeated
 
 
 def _kmeans(
