@@ -143,7 +143,8 @@ class _Always:
         return self.decision
 
 
-def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table):
+def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table, monkeypatch):
+    import mimirate.ratecontrol.simulator as simulator
     from mimirate.ratecontrol.controller import Decision
 
     # 8 levels, 2 frames a packet, 2 levels copied, silence not sent.
@@ -161,27 +162,9 @@ def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table
     speech = np.ones(16, bool)
     speech[5:11] = False
     link = LinkConfig(loss=LoseSlot(4), feedback_loss=False)
-    r = simulate(
-        constant_trace(64_000.0),
-        _Always(dtx_protected),
-        table,
-        link=link,
-        duration_s=1.28,
-        activity=speech,
-    )
-    # Frame 4 goes alone when silence starts (its packet is lost); frame 6 goes at once as
-    # a keep-alive carrying frame 4's copy, so frame 4 plays at 2 levels. The next
-    # keep-alive is DTX_KEEPALIVE_FRAMES after it (frame 11 is speech again).
-    assert r.packets.frames.tolist() == [2, 2, 1, 1, 2, 2, 1]
-    assert r.sent_levels[5:11].tolist() == [0, 1, 0, 0, 0, 0]
-    assert r.qoe.played_levels[4] == 2 and r.lost_frac == 0.0 and r.late_frac == 0.0
-    # Without the early keep-alive its copy rides the next one, 400 ms on: too late.
-    import mimirate.ratecontrol.simulator as simulator
 
-    unprotected = simulator.PROTECT_TALKSPURT_END
-    try:
-        simulator.PROTECT_TALKSPURT_END = False
-        r = simulate(
+    def run():
+        return simulate(
             constant_trace(64_000.0),
             _Always(dtx_protected),
             table,
@@ -189,8 +172,17 @@ def test_a_talkspurts_last_packet_is_copied_by_a_keepalive_the_frame_after(table
             duration_s=1.28,
             activity=speech,
         )
-    finally:
-        simulator.PROTECT_TALKSPURT_END = unprotected
+
+    r = run()
+    # Frame 4 goes alone when silence starts (its packet is lost); frame 6 goes at once as
+    # a keep-alive carrying frame 4's copy, so frame 4 plays at 2 levels. The next
+    # keep-alive is DTX_KEEPALIVE_FRAMES after it (frame 11 is speech again).
+    assert r.packets.frames.tolist() == [2, 2, 1, 1, 2, 2, 1]
+    assert r.sent_levels[5:11].tolist() == [0, 1, 0, 0, 0, 0]
+    assert r.qoe.played_levels[4] == 2 and r.lost_frac == 0.0 and r.late_frac == 0.0
+    # Without the early keep-alive its copy rides the next one, 400 ms on: too late.
+    monkeypatch.setattr(simulator, "PROTECT_TALKSPURT_END", False)
+    r = run()
     assert r.sent_levels[5:11].tolist() == [0, 0, 0, 0, 1, 0]
     assert r.qoe.played_levels[4] == 0 and r.late_frac == pytest.approx(1 / 10)
 
