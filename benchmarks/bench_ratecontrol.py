@@ -7,6 +7,7 @@ the senders' VAD and what DTX saves.
     python benchmarks/bench_ratecontrol.py --allocation --model small
     python benchmarks/bench_ratecontrol.py --network [--traces-per-family 4] [--seconds 60]
     python benchmarks/bench_ratecontrol.py --network --held-out 8   # 8 other traces a family
+    python benchmarks/bench_ratecontrol.py --network --scale 16     # 1 Mbit/s of trace = 16 kbit/s
     python benchmarks/bench_ratecontrol.py --progressive --model small
     python benchmarks/bench_ratecontrol.py --dtx [--files 40]
 
@@ -314,14 +315,15 @@ def network(args: argparse.Namespace) -> dict:
     from mimirate.ratecontrol.options import OptionTable
     from mimirate.ratecontrol.qoe import load_quality_table
     from mimirate.ratecontrol.simulator import BernoulliLoss, LinkConfig, simulate
-    from mimirate.ratecontrol.traces import load_trace
+    from mimirate.ratecontrol.traces import DEFAULT_SCALE_KBPS, load_trace
     from mimirate.ratecontrol.wire import WireSizer
 
     table = load_quality_table(args.table)
     sizer = WireSizer()
     options = OptionTable(sizer, table)
     controllers = make_controllers("all", options)
-    out: dict = {"table": table.model, "families": {}, "traces": []}
+    scale = DEFAULT_SCALE_KBPS if args.scale is None else args.scale
+    out: dict = {"table": table.model, "scale_kbps_per_mbps": scale, "families": {}, "traces": []}
     for family in ("hsdpa-norway", "fcc", "mahimahi-cellular"):
         chosen = network_traces(family, args.traces_per_family, args.held_out)
         for loss in (0.0, 0.1):
@@ -330,7 +332,7 @@ def network(args: argparse.Namespace) -> dict:
             bound_sum, expected_sum, frames = 0.0, 0.0, 0
             floor_sum, blind_floor_sum = 0.0, 0.0
             for path in tqdm(chosen, desc=f"{family} loss {loss}", unit="trace"):
-                tr = load_trace(path)
+                tr = load_trace(path, scale)
                 dur = min(args.seconds, tr.period_s)
                 per: dict[str, object] = {"trace": tr.name, "family": family, "loss": loss}
                 for name, factory in controllers:
@@ -371,7 +373,8 @@ def network(args: argparse.Namespace) -> dict:
             out["families"][f"{family} loss={loss}"] = s
             print(
                 f"\n(2) {family}, {len(chosen)} traces x {args.seconds:.0f} s, "
-                f"{100 * loss:.0f}% random loss, quality table {table.model}; "
+                f"{100 * loss:.0f}% random loss, 1 Mbit/s of trace = {scale:g} kbit/s, "
+                f"quality table {table.model}; "
                 f"offline bound (DP value) {bound:.2f}, losses unknown {expected:.2f}; "
                 f"least late+lost any sender reaches "
                 f"{s['offline']['late_lost_floor_pct']:.2f} %, losses unknown "
@@ -618,6 +621,13 @@ def main() -> None:
         help="--network on N other traces a family (not those the controller was tuned on)",
     )
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="KBPS",
+        help="--network: kbit/s that 1 Mbit/s of a trace becomes (default: the simulator's, 4)",
+    )
     ap.add_argument("--out", default=None, help="folder for JSON and plots")
     args = ap.parse_args()
     if args.table is None:
